@@ -1,0 +1,141 @@
+"""`Block`: the one data shape every collective moves around.
+
+A block is a set of keyed 1-D float64 vectors stored flat: ``keys[i]`` owns
+``values[offsets[i]:offsets[i + 1]]``. One flat buffer (not a list of small
+arrays) is what lets the wire protocol send a whole contribution as two raw
+buffers and receive it with ``recv_into``, and lets reductions run vectorised
+when every block carries the same keys.
+
+Keys are ``int`` or ``str`` (what mrjob jobs emit as keys in practice); a
+block's keys are unique and kept in canonical order (`key_order`), so two
+blocks with the same key set line up position by position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+from ..errors import BadMapperOutput
+
+Key = Union[int, str]
+
+VALUE_DTYPE = np.dtype("<f8")
+OFFSET_DTYPE = np.dtype("<i8")
+
+
+def key_order(key: Key) -> tuple[int, int | str]:
+    """Sort key putting all ints (numerically) before all strs (lexically)."""
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        raise BadMapperOutput(f"key {key!r} is not an int or a str")
+    return (0, key) if isinstance(key, int) else (1, key)
+
+
+def check_key(key: object) -> Key:
+    """Return *key* as a collective key, or raise naming what is wrong with it."""
+    if isinstance(key, bool):  # bool is an int subclass; True as a key is a bug
+        raise BadMapperOutput(f"key {key!r} is a bool; use an int or a str")
+    if isinstance(key, np.integer):
+        return int(key)
+    if isinstance(key, (int, str)):
+        return key
+    raise BadMapperOutput(f"key {key!r} ({type(key).__name__}) is not an int or a str")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Block:
+    """Keyed float64 vectors in one flat buffer; validated on construction."""
+
+    keys: tuple[Key, ...]
+    offsets: np.ndarray
+    values: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keys, tuple):
+            object.__setattr__(self, "keys", tuple(self.keys))
+        offsets = np.asarray(self.offsets)
+        values = np.asarray(self.values)
+        if offsets.dtype != OFFSET_DTYPE or offsets.ndim != 1:
+            raise ValueError(f"offsets must be 1-D int64, got {offsets.dtype} {offsets.shape}")
+        if values.dtype != VALUE_DTYPE or values.ndim != 1:
+            raise ValueError(f"values must be 1-D float64, got {values.dtype} {values.shape}")
+        if len(offsets) != len(self.keys) + 1:
+            raise ValueError(f"{len(self.keys)} keys need {len(self.keys) + 1} offsets, got {len(offsets)}")
+        if offsets[0] != 0 or offsets[-1] != len(values):
+            raise ValueError("offsets must start at 0 and end at len(values)")
+        if len(offsets) > 1 and np.any(np.diff(offsets) < 0):
+            raise ValueError("offsets must not decrease")
+        for key in self.keys:
+            key_order(key)
+        if len(set(self.keys)) != len(self.keys):
+            raise ValueError("block keys must be unique")
+        object.__setattr__(self, "offsets", offsets)
+        object.__setattr__(self, "values", values)
+
+    # -- construction -----------------------------------------------------
+
+    @classmethod
+    def empty(cls) -> "Block":
+        return cls((), np.zeros(1, OFFSET_DTYPE), np.zeros(0, VALUE_DTYPE))
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[Key, np.ndarray]) -> "Block":
+        """Build a block from ``{key: 1-D array}``, keys put in canonical order."""
+        keys = sorted(mapping, key=key_order)
+        vectors = [np.ascontiguousarray(mapping[k], dtype=VALUE_DTYPE).reshape(-1) for k in keys]
+        offsets = np.zeros(len(keys) + 1, OFFSET_DTYPE)
+        np.cumsum([len(v) for v in vectors], out=offsets[1:])
+        values = np.concatenate(vectors) if vectors else np.zeros(0, VALUE_DTYPE)
+        return cls(tuple(keys), offsets, values)
+
+    @classmethod
+    def from_matrix(cls, keys: tuple[Key, ...], matrix: np.ndarray) -> "Block":
+        """Build a block whose i-th key owns row i of a 2-D array (no per-row copies)."""
+        matrix = np.ascontiguousarray(matrix, dtype=VALUE_DTYPE)
+        if matrix.ndim != 2 or matrix.shape[0] != len(keys):
+            raise ValueError(f"need a 2-D array with {len(keys)} rows, got shape {matrix.shape}")
+        offsets = np.arange(len(keys) + 1, dtype=OFFSET_DTYPE) * matrix.shape[1]
+        return cls(tuple(keys), offsets, matrix.reshape(-1))
+
+    # -- access -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.nbytes + self.offsets.nbytes)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def vector(self, i: int) -> np.ndarray:
+        """The i-th key's values (a view, not a copy)."""
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    def items(self) -> Iterator[tuple[Key, np.ndarray]]:
+        for i, key in enumerate(self.keys):
+            yield key, self.vector(i)
+
+    def to_dict(self) -> dict[Key, np.ndarray]:
+        """``{key: ndarray}`` with each array an independent copy."""
+        return {key: vec.copy() for key, vec in self.items()}
+
+    def uniform_width(self) -> int | None:
+        """The common vector length if every key has the same one, else None."""
+        lengths = self.lengths()
+        if len(lengths) == 0:
+            return 0
+        return int(lengths[0]) if np.all(lengths == lengths[0]) else None
+
+    def same_layout(self, other: "Block") -> bool:
+        """True when both blocks have the same keys in the same order and lengths."""
+        return self.keys == other.keys and np.array_equal(self.offsets, other.offsets)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Block):
+            return NotImplemented
+        return self.same_layout(other) and np.array_equal(self.values, other.values)

@@ -1,0 +1,63 @@
+"""One error hierarchy for the whole library.
+
+Everything hcollectives raises on purpose derives from `HCollectivesError`, so
+a caller can catch the library's failures without catching its own bugs.
+"""
+
+from __future__ import annotations
+
+
+class HCollectivesError(Exception):
+    """Root of every error hcollectives raises on purpose."""
+
+
+class ConfigurationError(HCollectivesError, ValueError):
+    """An option or argument is invalid; raised before any I/O is done."""
+
+
+class ProtocolError(HCollectivesError):
+    """Bytes on a connection do not follow the wire protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol does not allow (our bug or our caller's)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow (garbage, oversize, bad type)."""
+
+
+class AuthenticationError(RemoteProtocolError):
+    """The peer failed the HMAC handshake: it does not know the session secret."""
+
+
+class CollectiveTimeout(HCollectivesError, TimeoutError):
+    """A wait ran past its deadline."""
+
+
+class ConnectionLost(HCollectivesError, ConnectionError):
+    """A peer closed the connection or could not be reached."""
+
+
+class BadMapperOutput(HCollectivesError, ValueError):
+    """A mapper emitted a record the collective cannot accept.
+
+    The message names the task and the offending record, because this is the
+    error a user sees when their own mapper is wrong.
+    """
+
+
+class ShapeMismatch(BadMapperOutput):
+    """Values for one key have different lengths (across records or tasks)."""
+
+
+class StoreError(HCollectivesError, OSError):
+    """The durable store (file://, hdfs://, ...) failed or timed out."""
+
+
+class SessionAborted(HCollectivesError):
+    """The session was aborted (a task failed, the driver stopped); carries the first cause."""
+
+
+class JobFailed(HCollectivesError):
+    """An iteration's job failed; the message carries the first task failure."""
