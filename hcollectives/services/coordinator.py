@@ -1,0 +1,291 @@
+"""The coordinator: the session's single source of truth, run inside the driver.
+
+It owns membership (which node daemons take part), the number of map tasks
+per iteration, exactly-once claims (the first finished attempt of a task
+counts; every other attempt of that task is told it does not), when an
+iteration is sealed, and timing events. It never touches payloads on the
+critical path: rank 0 of the tree sends it the iteration's result so the
+driver can decide convergence and write the final answer.
+
+Waits are notifications: every state change sets `_changed`, and each waiter
+re-checks its condition, so nobody polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import trio
+
+from ..algorithms.block import Block
+from ..errors import ConnectionLost, HCollectivesError, ProtocolError, SessionAborted
+from ..protocol import messages as m
+from ..transport.trio_channel import Channel, listener_address, open_listeners, serve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    session: str
+    secret: bytes
+    collective: str  # "allreduce" | "allgather"
+    op: str  # "sum" | "min" | "max" | "prod" | "none"
+    fanout: int = 2
+    checkpoint_uri: str = ""
+    fallback_timeout: float = 10.0
+    first_iteration: int = 1
+    allow_nonfinite: bool = False
+    bind_host: str = "127.0.0.1"
+    advertise_host: str = "127.0.0.1"
+    handshake_timeout: float = 10.0
+
+
+@dataclass
+class IterationRecord:
+    """What the coordinator knows of one iteration; also its timing events."""
+
+    num_tasks: int | None = None
+    started: set[str] = field(default_factory=set)
+    claims: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (attempt, node)
+    sealed: bool = False
+    result: Block | None = None
+    loop_data: np.ndarray | None = None  # the INPUT of this iteration
+    times: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, event: str) -> None:
+        self.times.setdefault(event, time.perf_counter())
+
+    @property
+    def all_started(self) -> bool:
+        return self.num_tasks is not None and len(self.started) >= self.num_tasks
+
+
+@dataclass
+class _Node:
+    node: str
+    address: str
+    channel: Channel
+
+
+class Coordinator:
+    def __init__(self, config: SessionConfig, initial_loop_data: np.ndarray) -> None:
+        self.config = config
+        self.address: str | None = None
+        self.iterations: dict[int, IterationRecord] = {}
+        self.nodes: dict[str, _Node] = {}
+        self.failure: str | None = None
+        self.rejected_connections: list[str] = []
+        self._stop: m.Stop | None = None
+        self._changed = trio.Event()
+        self.record(config.first_iteration).loop_data = initial_loop_data
+
+    # -- state helpers ------------------------------------------------------------
+
+    def record(self, iteration: int) -> IterationRecord:
+        rec = self.iterations.get(iteration)
+        if rec is None:
+            rec = self.iterations[iteration] = IterationRecord()
+        return rec
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_until(self, predicate, timeout: float = math.inf):
+        """Wait for *predicate()* to return a non-None value; abort on session failure."""
+        with trio.fail_after(timeout):
+            while True:
+                if self.failure is not None:
+                    raise SessionAborted(self.failure)
+                value = predicate()
+                if value is not None:
+                    return value
+                await self._changed.wait()
+
+    # -- serving ----------------------------------------------------------------------
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await open_listeners(self.config.bind_host)
+        self.address = listener_address(listeners, self.config.advertise_host)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started(self.address)
+            await serve(listeners, self._handle, role="coordinator", name=self.config.session,
+                        secret=self.config.secret, handshake_timeout=self.config.handshake_timeout,
+                        on_reject=self.rejected_connections.append)
+
+    async def _handle(self, channel: Channel) -> None:
+        if channel.peer_role != "node":
+            log.warning("coordinator: unexpected %s connection from %s", channel.peer_role, channel.label)
+            return
+        node: str | None = None
+        try:
+            join = await channel.receive(timeout=self.config.handshake_timeout)
+            if not isinstance(join, m.NodeJoin) or join.session != self.config.session:
+                raise ProtocolError(f"expected NodeJoin for session {self.config.session}, got {join!r:.200}")
+            node = join.node
+            self.nodes[node] = _Node(node, join.address, channel)
+            await channel.send(self._session_info(), timeout=self.config.handshake_timeout)
+            if self._stop is not None:
+                await channel.send(self._stop, timeout=self.config.handshake_timeout)
+            await self._broadcast(self._members())
+            self._notify()
+            while True:
+                event = await channel.receive()
+                await self._dispatch(channel, event)
+        except ConnectionLost:
+            pass
+        except (HCollectivesError, trio.TooSlowError) as exc:
+            self.abort(f"node {node or channel.label}: {exc}")
+        finally:
+            if node is not None and self.nodes.get(node, None) is not None and self.nodes[node].channel is channel:
+                del self.nodes[node]
+                if self._stop is None and self.failure is None:
+                    self._node_lost(node)
+
+    def _node_lost(self, node: str) -> None:
+        # A daemon that held accepted contributions of an unfinished iteration
+        # took them with it; the store still has them, but the tree no longer
+        # has that member. Fail loudly rather than compute a wrong answer.
+        for i, rec in self.iterations.items():
+            if rec.result is None and any(n == node for _, n in rec.claims.values()):
+                self.abort(f"node daemon {node} disconnected during iteration {i}")
+                return
+
+    def _session_info(self) -> m.SessionInfo:
+        c = self.config
+        sealed = [i for i, rec in self.iterations.items() if rec.sealed]
+        return m.SessionInfo(c.session, c.collective, c.op, c.fanout, c.checkpoint_uri,
+                             float(c.fallback_timeout), c.first_iteration, c.allow_nonfinite,
+                             max(sealed, default=c.first_iteration - 1))
+
+    def _members(self) -> m.Members:
+        names = sorted(self.nodes)
+        return m.Members(self.config.session, names, [self.nodes[n].address for n in names])
+
+    async def _broadcast(self, event: m.Message) -> None:
+        for node in list(self.nodes.values()):
+            try:
+                await node.channel.send(event, timeout=self.config.handshake_timeout)
+            except (HCollectivesError, trio.TooSlowError) as exc:
+                log.warning("coordinator: could not send %s to %s: %s", type(event).__name__, node.node, exc)
+
+    async def _dispatch(self, channel: Channel, event: m.Message) -> None:
+        if getattr(event, "session", self.config.session) != self.config.session:
+            raise ProtocolError(f"message for session {event.session!r} on session {self.config.session!r}")
+        if isinstance(event, m.TaskStarted):
+            rec = self.record(event.iteration)
+            rec.mark("first_task_started")
+            if event.num_tasks > 0:
+                self._set_num_tasks(event.iteration, event.num_tasks)
+            rec.started.add(event.task)
+            if rec.all_started:
+                rec.mark("all_tasks_started")
+            self._notify()
+        elif isinstance(event, m.Claim):
+            await channel.send(self._claim(event))
+            await self._maybe_seal(event.iteration)
+        elif isinstance(event, m.TaskFailed):
+            self.abort(f"task {event.task} (attempt {event.attempt}, iteration {event.iteration}) failed: {event.message}")
+        elif isinstance(event, m.NodeError):
+            self.abort(f"node {event.node}: {event.message}")
+        elif isinstance(event, m.Result):
+            rec = self.record(event.iteration)
+            if rec.result is None:
+                rec.result = event.block
+                rec.mark("result")
+                self._notify()
+        elif isinstance(event, m.GetLoopData):
+            self._nursery.start_soon(self._answer_loop_data, channel, event.iteration)
+        else:
+            raise ProtocolError(f"coordinator does not accept {type(event).__name__}")
+
+    def _claim(self, claim: m.Claim) -> m.ClaimResult:
+        rec = self.record(claim.iteration)
+        held = rec.claims.get(claim.task)
+        if held is None and not rec.sealed:
+            rec.claims[claim.task] = (claim.attempt, claim.node)
+            accepted = True
+        else:
+            # First finished attempt wins; a retried or speculative duplicate is
+            # told so, and its node drops its copy.
+            accepted = held == (claim.attempt, claim.node)
+        return m.ClaimResult(claim.session, claim.iteration, claim.task, claim.attempt, accepted)
+
+    def _set_num_tasks(self, iteration: int, n: int) -> None:
+        rec = self.record(iteration)
+        if rec.num_tasks is not None and rec.num_tasks != n:
+            self.abort(f"iteration {iteration}: tasks disagree on the number of map tasks ({rec.num_tasks} vs {n})")
+        rec.num_tasks = n
+
+    async def _maybe_seal(self, iteration: int) -> None:
+        rec = self.record(iteration)
+        if rec.sealed or rec.num_tasks is None or len(rec.claims) < rec.num_tasks:
+            return
+        rec.sealed = True
+        rec.mark("sealed")
+        members = self._members()
+        pieces = [[task, attempt, node] for task, (attempt, node) in sorted(rec.claims.items())]
+        missing = {node for _, _, node in pieces} - set(members.members)
+        if missing:
+            self.abort(f"iteration {iteration}: node(s) {sorted(missing)} hold contributions but left")
+            return
+        await self._broadcast(m.Seal(self.config.session, iteration, members.members, members.addresses, pieces))
+        self._notify()
+
+    async def _answer_loop_data(self, channel: Channel, iteration: int) -> None:
+        def ready():
+            if self._stop is not None and iteration >= self._stop.iteration:
+                return self._stop
+            data = self.record(iteration).loop_data
+            if data is not None:
+                return m.LoopData(self.config.session, iteration, data, False)
+            return None
+
+        try:
+            reply = await self._wait_until(ready)
+            await channel.send(reply, timeout=self.config.handshake_timeout)
+        except (SessionAborted, HCollectivesError, trio.TooSlowError):
+            pass  # the Stop broadcast reaches that node anyway
+
+    # -- the driver's side -------------------------------------------------------------
+
+    def set_num_tasks(self, iteration: int, n: int) -> None:
+        """Called (via trio.from_thread) when a runner knows its split count."""
+        self._set_num_tasks(iteration, n)
+        if self.record(iteration).all_started:
+            self.record(iteration).mark("all_tasks_started")
+        self._notify()
+        self._nursery.start_soon(self._maybe_seal, iteration)
+
+    def mark(self, iteration: int, event: str) -> None:
+        self.record(iteration).mark(event)
+
+    async def wait_all_started(self, iteration: int) -> None:
+        await self._wait_until(lambda: True if self.record(iteration).all_started else None)
+
+    async def wait_result(self, iteration: int, timeout: float = math.inf) -> Block:
+        return await self._wait_until(lambda: self.record(iteration).result, timeout)
+
+    def set_loop_data(self, iteration: int, data: np.ndarray) -> None:
+        self.record(iteration).loop_data = data
+        self._notify()
+
+    async def stop(self, iteration: int, *, converged: bool, reason: str) -> None:
+        """Tell every daemon no iteration >= *iteration* will run."""
+        self._stop = m.Stop(self.config.session, iteration, converged, reason[: m.MAX_TEXT])
+        self._notify()
+        await self._broadcast(self._stop)
+
+    def abort(self, message: str) -> None:
+        if self.failure is None:
+            log.error("session %s aborted: %s", self.config.session, message)
+            self.failure = message
+            self._stop = m.Stop(self.config.session, 0, False, f"session aborted: {message}"[: m.MAX_TEXT])
+            self._nursery.start_soon(self._broadcast, self._stop)
+        self._notify()

@@ -1,0 +1,162 @@
+"""The node daemon: one process per node, serving every task and session on it.
+
+It listens on one TCP port for three kinds of authenticated peers: map tasks
+of this node, node daemons of other nodes, and nothing else (the coordinator
+is dialled, not accepted). Per-session work lives in `NodeSession`; this
+module owns the process's lifetime:
+
+- started by the first task of a session (`rendezvous.py`), it exits as soon
+  as no session is left (each session ends when its coordinator connection
+  closes, i.e. when the driver finishes or dies), or after `idle_exit`
+  seconds if no session ever arrives: no orphan daemons after a failure;
+- run as a service (`hcollectives node`), it keeps running between sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from ..errors import ConnectionLost, HCollectivesError, ProtocolError
+from ..protocol import messages as m
+from ..transport.trio_channel import Channel, listener_address, open_listeners, serve
+from .faults import Faults
+from .node_session import NodeSession, Timeouts
+
+log = logging.getLogger(__name__)
+
+
+class NodeDaemon:
+    def __init__(self, *, node: str, secret: bytes, bind_host: str = "127.0.0.1",
+                 advertise_host: str | None = None, port: int = 0, timeouts: Timeouts = Timeouts(),
+                 exit_when_idle: bool = True, faults: Faults = Faults()) -> None:
+        if not node:
+            raise ValueError("node id must not be empty")
+        self.node = node
+        self._secret = secret
+        self._bind_host, self._port = bind_host, port
+        self._advertise_host = advertise_host or bind_host
+        self.timeouts = timeouts
+        self.exit_when_idle = exit_when_idle
+        self.faults = faults
+        self.address: str | None = None
+        self.sessions: dict[str, NodeSession] = {}
+        self.rejected_connections: list[str] = []
+        self._join_lock = trio.Lock()
+        self._changed = trio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await open_listeners(self._bind_host, self._port)
+        self.address = listener_address(listeners, self._advertise_host)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(lambda: serve(listeners, self._handle, role="node", name=self.node,
+                                             secret=self._secret, handshake_timeout=self.timeouts.connect,
+                                             on_reject=self.rejected_connections.append))
+            task_status.started(self.address)
+            await self._lifetime()
+            nursery.cancel_scope.cancel()
+        log.info("node %s: exiting", self.node)
+
+    async def _lifetime(self) -> None:
+        """Return when the daemon should exit (never, for a service)."""
+        while True:
+            if self.sessions or not self.exit_when_idle:
+                await self._changed.wait()
+                continue
+            with trio.move_on_after(self.timeouts.idle_exit):
+                while not self.sessions:
+                    await self._changed.wait()
+            if not self.sessions:
+                return
+
+    # -- connections --------------------------------------------------------------------
+
+    async def _handle(self, channel: Channel) -> None:
+        try:
+            if channel.peer_role == "task":
+                await self._handle_task(channel)
+            elif channel.peer_role == "peer":
+                await self._handle_peer(channel)
+            else:
+                log.warning("node %s: unexpected %s connection", self.node, channel.peer_role)
+        except ConnectionLost:
+            pass
+        except (HCollectivesError, trio.TooSlowError) as exc:
+            log.warning("node %s: %s: %s", self.node, channel.label, exc)
+
+    async def _handle_task(self, channel: Channel) -> None:
+        started = await channel.receive(timeout=self.timeouts.connect)
+        if not isinstance(started, m.TaskStarted):
+            raise ProtocolError(f"a task must start with TaskStarted, not {type(started).__name__}")
+        session = await self._session(started.session, started.coordinator)
+        try:
+            await session.to_coordinator(started)
+            while True:
+                event = await channel.receive(timeout=self.timeouts.task_idle)
+                if getattr(event, "session", None) != session.session:
+                    raise ProtocolError(f"task {started.task} switched sessions")
+                if isinstance(event, m.GetLoopData):
+                    await session.serve_loop_data(channel, event.iteration)
+                elif isinstance(event, m.Contribute):
+                    await channel.send(await session.contribute(event), timeout=self.timeouts.connect)
+                elif isinstance(event, m.TaskFailed):
+                    await session.to_coordinator(event)
+                else:
+                    raise ProtocolError(f"tasks do not send {type(event).__name__}")
+        except (HCollectivesError, trio.TooSlowError) as exc:
+            if isinstance(exc, ConnectionLost):
+                raise
+            # Tell the task why, so its error names the cause, not "connection lost".
+            reason = f"node {self.node}: {type(exc).__name__}: {exc}"
+            with trio.move_on_after(1):
+                try:
+                    await channel.send(m.Stop(session.session, 0, False, reason[: m.MAX_TEXT]))
+                except HCollectivesError:
+                    pass
+            raise
+
+    async def _handle_peer(self, channel: Channel) -> None:
+        while True:
+            event = await channel.receive(timeout=self.timeouts.task_idle)
+            session = self.sessions.get(getattr(event, "session", ""))
+            if session is None:
+                log.warning("node %s: %s for unknown session from %s", self.node, event.TYPE, channel.label)
+                continue
+            session.on_peer_message(event)
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    async def _session(self, session_id: str, coordinator: str) -> NodeSession:
+        async with self._join_lock:  # concurrent first tasks must not join twice
+            session = self.sessions.get(session_id)
+            if session is None:
+                session = NodeSession(node=self.node, address=self.address, session=session_id,
+                                      coordinator=coordinator, secret=self._secret,
+                                      timeouts=self.timeouts, faults=self.faults)
+                await self._nursery.start(self._run_session, session)
+        return session
+
+    async def _run_session(self, session: NodeSession, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                session.nursery = nursery
+                await session.join()
+                self.sessions[session.session] = session
+                self._notify()
+                task_status.started()
+                await session.ended.wait()
+                # Checkpoints still being written get a short grace period.
+                with trio.move_on_after(self.timeouts.connect):
+                    await session.drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            await session.close()
+            if self.sessions.get(session.session) is session:
+                del self.sessions[session.session]
+            self._notify()

@@ -1,0 +1,101 @@
+"""Process entry point of a node daemon (``hcollectives node`` and task-started daemons).
+
+Kept apart from the CLI so a task-started daemon imports only what it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from ..errors import ConfigurationError
+from .faults import ENV_VAR as FAULTS_ENV, Faults
+from .node import NodeDaemon
+from .node_session import Timeouts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node-id", required=True, help="this node's id (tasks derive the same id)")
+    parser.add_argument("--rendezvous", type=Path, help="directory where tasks of this node look for the daemon")
+    parser.add_argument("--bind-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--advertise-host", default=None, help="address peers dial (default: --bind-host)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
+    parser.add_argument("--secret-file", type=Path,
+                        help="file holding the hex secret (default: $HCOLLECTIVES_SECRET)")
+    parser.add_argument("--exit-when-idle", action="store_true",
+                        help="exit once no session is left (task-started daemons)")
+    parser.add_argument("--idle-timeout", type=float, default=120.0,
+                        help="with --exit-when-idle: seconds to wait for a first session")
+
+
+def read_secret(secret_file: Path | None) -> bytes:
+    raw = secret_file.read_text().strip() if secret_file else os.environ.get("HCOLLECTIVES_SECRET", "")
+    try:
+        secret = bytes.fromhex(raw)
+    except ValueError:
+        raise ConfigurationError("the node secret must be hex") from None
+    if len(secret) < 16:
+        raise ConfigurationError("no node secret: pass --secret-file or set $HCOLLECTIVES_SECRET (>= 16 bytes, hex)")
+    return secret
+
+
+def run(args: argparse.Namespace) -> int:
+    secret = read_secret(args.secret_file)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s node {args.node_id} %(levelname)s %(message)s")
+    daemon = NodeDaemon(node=args.node_id, secret=secret, bind_host=args.bind_host,
+                        advertise_host=args.advertise_host, port=args.port,
+                        timeouts=Timeouts(idle_exit=args.idle_timeout),
+                        exit_when_idle=args.exit_when_idle,
+                        faults=Faults.parse(os.environ.get(FAULTS_ENV)))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(daemon.run)
+            _announce(args.rendezvous, address)
+
+    try:
+        trio.run(main)
+    finally:
+        _withdraw(args.rendezvous)
+    return 0
+
+
+def _announce(rendezvous: Path | None, address: str) -> None:
+    if rendezvous is not None:
+        rendezvous.mkdir(parents=True, exist_ok=True)
+        for name, text in (("pid", str(os.getpid())), ("address", address)):
+            tmp = rendezvous / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(rendezvous / name)
+    print(f"ADDRESS {address}", flush=True)
+    # The starter reads one line and goes away; never write to that pipe again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _withdraw(rendezvous: Path | None) -> None:
+    """Remove our address so no task dials a dead daemon (unless a newer one owns it)."""
+    if rendezvous is None:
+        return
+    try:
+        if (rendezvous / "pid").read_text().strip() == str(os.getpid()):
+            (rendezvous / "address").unlink(missing_ok=True)
+            (rendezvous / "pid").unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hcollectives node", description="Run a node daemon.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,471 @@
+"""One session's state inside a node daemon: cache, node-level reduction, collectives.
+
+A `NodeSession` is created when the first task of a session reaches this
+daemon. It joins the coordinator, then:
+
+- caches the loop data of each iteration and serves it to every task on the
+  node (the first task to need iteration i's loop data gets a *lease* to run
+  the job's post_process on iteration i-1's result; the others wait for it);
+- takes each task's contribution, checkpoints it to the store in the
+  background and claims it with the coordinator (exactly once per task);
+- when the coordinator seals an iteration, reduces this node's contributions
+  and runs the tree AllReduce with the other daemons (or, for AllGather,
+  pushes pieces to every member as soon as tasks finish and assembles them);
+- reads from the store whatever did not arrive over TCP within the session's
+  fallback deadline.
+
+Everything here runs on the daemon's trio loop; waits are notifications
+(`_changed`), and each has a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import trio
+
+from .. import store as st
+from ..algorithms.block import Block
+from ..algorithms.gather import GatherAssembly
+from ..algorithms.reduction import reduce_blocks
+from ..algorithms.topology import Tree, ranks_of
+from ..algorithms.tree_allreduce import Send, TreeAllReduce
+from ..errors import CollectiveTimeout, ConnectionLost, HCollectivesError, ProtocolError
+from ..protocol import messages as m
+from ..transport.trio_channel import Channel, connect
+from .faults import Faults
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Iteration:
+    contributions: dict[str, tuple[str, Block]] = field(default_factory=dict)  # task -> (attempt, block)
+    seal: m.Seal | None = None
+    tree: TreeAllReduce | None = None
+    early: list[m.Message] = field(default_factory=list)  # partials/results before our seal
+    gather: GatherAssembly = field(default_factory=GatherAssembly)
+    pushed: dict[str, set[str]] = field(default_factory=dict)  # piece id -> nodes it was sent to
+    result: Block | None = None
+    loop: np.ndarray | None = None  # the INPUT of this iteration
+    converged_before: bool = False  # iteration-1 converged: this one must not run
+    lease_held: bool = False
+    asked_coordinator: bool = False
+
+
+def piece_id(task: str, attempt: str) -> str:
+    return f"{task}/{attempt}"
+
+
+class NodeSession:
+    def __init__(self, *, node: str, address: str, session: str, coordinator: str, secret: bytes,
+                 timeouts: "Timeouts", faults: Faults) -> None:
+        self.node, self.address, self.session = node, address, session
+        self.coordinator_address = coordinator
+        self._secret = secret
+        self.timeouts = timeouts
+        self.faults = faults
+        self.nursery: trio.Nursery | None = None  # set by the daemon before join()
+        self._pending_checkpoints = 0
+        self.info: m.SessionInfo | None = None
+        self.store: st.Store | None = None
+        self.members: list[str] = []
+        self.addresses: dict[str, str] = {}
+        self.iterations: dict[int, _Iteration] = {}
+        self.stop: m.Stop | None = None
+        self.ended = trio.Event()  # coordinator gone: the session is over here
+        self._coordinator: Channel | None = None
+        self._claims: dict[tuple[int, str, str], m.ClaimResult | None] = {}
+        self._peers: dict[str, Channel] = {}
+        self._peer_locks: dict[str, trio.Lock] = {}
+        self._changed = trio.Event()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def it(self, iteration: int) -> _Iteration:
+        state = self.iterations.get(iteration)
+        if state is None:
+            state = self.iterations[iteration] = _Iteration()
+        return state
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def stopped_for(self, iteration: int) -> m.Stop | None:
+        if self.stop is not None and iteration >= self.stop.iteration:
+            return self.stop
+        if self.ended.is_set():
+            return m.Stop(self.session, iteration, False, "the session's coordinator is gone")
+        return None
+
+    async def join(self) -> None:
+        """Connect to the coordinator and learn the session's settings."""
+        t = self.timeouts
+        self._coordinator = await connect(self.coordinator_address, role="node", name=self.node,
+                                          secret=self._secret, timeout=t.connect)
+        await self._coordinator.send(m.NodeJoin(self.session, self.node, self.address), timeout=t.connect)
+        info = await self._coordinator.receive(timeout=t.connect)
+        if not isinstance(info, m.SessionInfo) or info.session != self.session:
+            raise ProtocolError(f"coordinator answered NodeJoin with {info!r:.200}")
+        self.info = info
+        self.store = st.Store(info.checkpoint_uri, timeout=t.store) if info.checkpoint_uri else None
+        self.nursery.start_soon(self._coordinator_reader)
+
+    async def _coordinator_reader(self) -> None:
+        try:
+            while True:
+                event = await self._coordinator.receive()
+                self._on_coordinator(event)
+        except (ConnectionLost, HCollectivesError) as exc:
+            log.info("node %s: session %s coordinator connection ended: %s", self.node, self.session, exc)
+        finally:
+            self.ended.set()
+            self._notify()
+
+    def _on_coordinator(self, event: m.Message) -> None:
+        if isinstance(event, m.Members):
+            self.members, self.addresses = list(event.members), dict(zip(event.members, event.addresses))
+            if self.info and self.info.collective == "allgather":
+                for i, state in self.iterations.items():
+                    if state.seal is None:
+                        self.nursery.start_soon(self._push_pieces, i)
+        elif isinstance(event, m.ClaimResult):
+            self._claims[(event.iteration, event.task, event.attempt)] = event
+        elif isinstance(event, m.Seal):
+            self.spawn(self._run_collective, event)
+        elif isinstance(event, m.LoopData):
+            state = self.it(event.iteration)
+            if state.loop is None:
+                state.loop, state.converged_before = event.data, event.converged
+        elif isinstance(event, m.Stop):
+            if self.stop is None or event.iteration < self.stop.iteration:
+                self.stop = event
+        else:
+            raise ProtocolError(f"unexpected {type(event).__name__} from the coordinator")
+        self._notify()
+
+    def spawn(self, fn, *args) -> None:
+        """Run *fn* in the background; a failure is reported to the coordinator
+        (which aborts the session) instead of crashing the daemon."""
+
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except (HCollectivesError, ValueError, trio.TooSlowError) as exc:
+                await self.report_error(f"{fn.__name__}: {exc}")
+
+        self.nursery.start_soon(guarded)
+
+    async def to_coordinator(self, event: m.Message) -> None:
+        await self._coordinator.send(event, timeout=self.timeouts.connect)
+
+    async def report_error(self, message: str) -> None:
+        log.error("node %s: %s", self.node, message)
+        try:
+            await self.to_coordinator(m.NodeError(self.session, self.node, message[: m.MAX_TEXT]))
+        except HCollectivesError:
+            pass
+
+    async def _wait_change(self, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            await self._changed.wait()
+            return
+        raise CollectiveTimeout("deadline passed")
+
+    # -- loop data: node cache + post-process lease -----------------------------------
+
+    async def serve_loop_data(self, channel: Channel, iteration: int) -> None:
+        """Answer one task's GetLoopData: cached data, a lease, or Stop."""
+        deadline = trio.current_time() + self.timeouts.loop_data
+        first = self.info.first_iteration
+        while True:
+            state = self.it(iteration)
+            stop = self.stopped_for(iteration)
+            if state.loop is not None and state.converged_before:
+                stop = m.Stop(self.session, iteration, True, f"converged after iteration {iteration - 1}")
+            if stop is not None:
+                await channel.send(stop, timeout=self.timeouts.connect)
+                return
+            if state.loop is not None:
+                await channel.send(m.LoopData(self.session, iteration, state.loop, False), timeout=self.timeouts.connect)
+                return
+            if iteration == first or iteration - 1 <= self.info.sealed_through:
+                await self._ask_coordinator(iteration)
+            else:
+                prev = self.it(iteration - 1)
+                if prev.loop is None:
+                    await self._ask_coordinator(iteration - 1)
+                if prev.result is not None and prev.loop is not None and not state.lease_held:
+                    await self._lease(channel, iteration, prev)
+                    continue
+            try:
+                await self._wait_change(deadline)
+            except CollectiveTimeout:
+                raise CollectiveTimeout(f"no loop data for iteration {iteration} within {self.timeouts.loop_data:g}s") from None
+
+    async def _ask_coordinator(self, iteration: int) -> None:
+        state = self.it(iteration)
+        if not state.asked_coordinator:
+            state.asked_coordinator = True
+            await self.to_coordinator(m.GetLoopData(self.session, iteration))
+
+    async def _lease(self, channel: Channel, iteration: int, prev: _Iteration) -> None:
+        state = self.it(iteration)
+        state.lease_held = True
+        try:
+            await channel.send(m.PostProcessLease(self.session, iteration, prev.loop, prev.result),
+                               timeout=self.timeouts.connect)
+            reply = await channel.receive(timeout=self.timeouts.loop_data)
+            if not isinstance(reply, m.LoopData) or reply.iteration != iteration:
+                raise ProtocolError(f"expected LoopData for iteration {iteration}, got {reply!r:.200}")
+            if state.loop is None:
+                state.loop, state.converged_before = reply.data, reply.converged
+        finally:
+            state.lease_held = False
+            self._notify()
+
+    # -- contributions ------------------------------------------------------------------------
+
+    async def contribute(self, event: m.Contribute) -> m.ContributeAck:
+        i, task, attempt = event.iteration, event.task, event.attempt
+        ack = lambda ok: m.ContributeAck(self.session, i, task, attempt, ok)  # noqa: E731
+        if self.stopped_for(i):
+            return ack(False)
+        if self.store is not None:
+            self.nursery.start_soon(self._checkpoint, i, task, attempt, event.block)
+        key = (i, task, attempt)
+        self._claims[key] = None
+        await self.to_coordinator(m.Claim(self.session, i, task, attempt, self.node))
+        deadline = trio.current_time() + self.timeouts.connect
+        while self._claims.get(key) is None:
+            if self.stopped_for(i):
+                return ack(False)
+            try:
+                await self._wait_change(deadline)
+            except CollectiveTimeout:
+                raise CollectiveTimeout(f"coordinator did not answer the claim of {task} within {self.timeouts.connect:g}s") from None
+        accepted = self._claims.pop(key).accepted
+        if accepted:
+            state = self.it(i)
+            state.contributions[task] = (attempt, event.block)
+            if self.info.collective == "allgather":
+                state.gather.add(piece_id(task, attempt), event.block)
+                self.nursery.start_soon(self._push_pieces, i)
+        return ack(accepted)
+
+    async def _checkpoint(self, iteration: int, task: str, attempt: str, block: Block) -> None:
+        path = st.contribution_path(self.session, iteration, task, attempt)
+        self._pending_checkpoints += 1
+        try:
+            await trio.to_thread.run_sync(self.store.save_block, path, block)
+        except HCollectivesError as exc:
+            # The checkpoint is the fallback copy: losing it is only fatal if a
+            # peer later needs it, and that peer will report the missing file.
+            log.warning("node %s: checkpoint of %s failed: %s", self.node, path, exc)
+        finally:
+            self._pending_checkpoints -= 1
+            self._notify()
+
+    async def drain(self) -> None:
+        """Wait for background checkpoints to land (the caller bounds the wait)."""
+        while self._pending_checkpoints:
+            await self._changed.wait()
+
+    # -- peers ------------------------------------------------------------------------------------
+
+    async def send_to_peer(self, node: str, event: m.Message) -> None:
+        if self.faults.drops(event.TYPE, node, getattr(event, "iteration", None)):
+            log.warning("node %s: fault injection dropped %s to %s", self.node, event.TYPE, node)
+            return
+        lock = self._peer_locks.setdefault(node, trio.Lock())
+        async with lock:  # one connection per peer, opened once
+            channel = self._peers.get(node)
+            if channel is None:
+                channel = await connect(self.addresses[node], role="peer", name=self.node,
+                                        secret=self._secret, timeout=self.timeouts.connect)
+                self._peers[node] = channel
+        try:
+            await channel.send(event, timeout=self.timeouts.collective)
+        except HCollectivesError:
+            self._peers.pop(node, None)
+            raise
+
+    async def _send_quietly(self, node: str, event: m.Message) -> None:
+        """Send, but let the store fallback cover a peer we cannot reach."""
+        try:
+            await self.send_to_peer(node, event)
+        except HCollectivesError as exc:
+            log.warning("node %s: could not send %s to %s: %s", self.node, event.TYPE, node, exc)
+
+    def on_peer_message(self, event: m.Message) -> None:
+        if isinstance(event, m.Piece):
+            state = self.it(event.iteration)
+            expected = state.gather.expected
+            if expected is None or piece_id(event.task, event.attempt) in expected:
+                state.gather.add(piece_id(event.task, event.attempt), event.block)
+        elif isinstance(event, (m.Partial, m.Result)):
+            state = self.it(event.iteration)
+            if state.tree is None:
+                state.early.append(event)
+            else:
+                self.spawn(self._feed_tree, event.iteration, [event])
+        else:
+            raise ProtocolError(f"peers do not send {type(event).__name__}")
+        self._notify()
+
+    async def _push_pieces(self, iteration: int) -> None:
+        """AllGather: send every accepted local piece to every member that lacks it."""
+        state = self.it(iteration)
+        for task, (attempt, block) in list(state.contributions.items()):
+            pid = piece_id(task, attempt)
+            sent = state.pushed.setdefault(pid, {self.node})
+            for node in [n for n in self.members if n not in sent]:
+                sent.add(node)
+                self.nursery.start_soon(self._send_quietly, node,
+                                         m.Piece(self.session, iteration, task, attempt, block))
+
+    # -- the collective of one iteration -----------------------------------------------------
+
+    async def _run_collective(self, seal: m.Seal) -> None:
+        i = seal.iteration
+        state = self.it(i)
+        state.seal = seal
+        self.members, self.addresses = list(seal.members), dict(zip(seal.members, seal.addresses))
+        try:
+            mine = {task: attempt for task, attempt, node in seal.pieces if node == self.node}
+            # Only contributions the coordinator accepted count; anything else was
+            # an attempt that lost its claim.
+            for task in list(state.contributions):
+                if state.contributions[task][0] != mine.get(task):
+                    del state.contributions[task]
+            for task, attempt in mine.items():
+                if task not in state.contributions:
+                    state.contributions[task] = (attempt, await self._load_piece(i, task, attempt))
+            if self.info.collective == "allreduce":
+                await self._allreduce(seal)
+            else:
+                await self._allgather(seal)
+        except (HCollectivesError, ValueError, trio.TooSlowError) as exc:
+            await self.report_error(f"iteration {i}: {type(exc).__name__}: {exc}")
+
+    async def _allreduce(self, seal: m.Seal) -> None:
+        i, state = seal.iteration, self.it(seal.iteration)
+        local = reduce_blocks([state.contributions[t][1] for t in sorted(state.contributions)], self.info.op)
+        tree = Tree(len(seal.members), self.info.fanout)
+        rank = ranks_of(seal.members)[self.node]
+        state.tree = TreeAllReduce(rank, tree, self.info.op, local)
+        await self._execute(i, state.tree.start())
+        early, state.early = state.early, []
+        await self._feed_tree(i, early)
+        with trio.move_on_after(self.info.fallback_timeout):
+            while not state.tree.done:
+                await self._changed.wait()
+        if not state.tree.done:
+            await self._allreduce_fallback(seal, tree, rank)
+
+    async def _feed_tree(self, iteration: int, events: list[m.Message]) -> None:
+        state = self.it(iteration)
+        for event in events:
+            # A partial or result the store fallback already delivered may still
+            # turn up late over TCP: it is the same data, so it is dropped.
+            if isinstance(event, m.Partial):
+                if event.rank not in state.tree.missing_children():
+                    continue
+                sends = state.tree.receive_partial(event.rank, event.block)
+            elif state.tree.result is None:
+                sends = state.tree.receive_result(event.block)
+            else:
+                continue
+            await self._execute(iteration, sends)
+        self._notify()
+
+    async def _execute(self, iteration: int, sends: list[Send]) -> None:
+        state = self.it(iteration)
+        members = state.seal.members
+        for send in sends:
+            node = members[send.dest]
+            if send.kind == "partial":
+                event = m.Partial(self.session, iteration, state.tree.rank, send.block)
+            else:
+                event = m.Result(self.session, iteration, send.block)
+            self.nursery.start_soon(self._send_quietly, node, event)
+        if state.tree.done and state.result is None:
+            await self._finish(iteration, state.tree.result)
+
+    async def _allreduce_fallback(self, seal: m.Seal, tree: Tree, rank: int) -> None:
+        """Read from the store what the tree did not deliver in time."""
+        i, state = seal.iteration, self.it(seal.iteration)
+        for child in state.tree.missing_children():
+            nodes = {seal.members[r] for r in tree.subtree(child)}
+            pieces = sorted((t, a) for t, a, n in seal.pieces if n in nodes)
+            log.warning("node %s: partial of rank %d missing after %gs; reading %d pieces from the store",
+                        self.node, child, self.info.fallback_timeout, len(pieces))
+            blocks = [await self._load_piece(i, t, a) for t, a in pieces]
+            await self._execute(i, state.tree.receive_partial(child, reduce_blocks(blocks, self.info.op)))
+        if not state.tree.done:
+            log.warning("node %s: result of iteration %d missing after %gs; reading it from the store",
+                        self.node, i, self.info.fallback_timeout)
+            path = st.result_path(self.session, i)
+            await self._store_wait(path, self.timeouts.collective)
+            if not state.tree.done:
+                block = await trio.to_thread.run_sync(self.store.load_block, path)
+                await self._execute(i, state.tree.receive_result(block))
+
+    async def _allgather(self, seal: m.Seal) -> None:
+        i, state = seal.iteration, self.it(seal.iteration)
+        state.gather.expect(piece_id(t, a) for t, a, _ in seal.pieces)
+        await self._push_pieces(i)
+        with trio.move_on_after(self.info.fallback_timeout):
+            while not state.gather.done:
+                await self._changed.wait()
+        for pid in state.gather.missing():
+            task, attempt = pid.split("/")
+            log.warning("node %s: piece %s missing after %gs; reading it from the store",
+                        self.node, pid, self.info.fallback_timeout)
+            state.gather.add(pid, await self._load_piece(i, task, attempt))
+        await self._finish(i, state.gather.result())
+
+    async def _load_piece(self, iteration: int, task: str, attempt: str) -> Block:
+        if self.store is None:
+            raise CollectiveTimeout(f"piece {task}/{attempt} of iteration {iteration} never arrived and there is no store")
+        path = st.contribution_path(self.session, iteration, task, attempt)
+        await self._store_wait(path, self.timeouts.collective)
+        return await trio.to_thread.run_sync(self.store.load_block, path)
+
+    async def _store_wait(self, path: str, timeout: float) -> None:
+        await trio.to_thread.run_sync(self.store.wait_for, path, timeout)
+
+    async def _finish(self, iteration: int, result: Block) -> None:
+        state = self.it(iteration)
+        if state.result is not None:
+            return
+        state.result = result
+        state.contributions.clear()  # the result supersedes them; free the memory
+        self._notify()
+        if ranks_of(state.seal.members)[self.node] == 0:
+            await self.to_coordinator(m.Result(self.session, iteration, result))
+            if self.store is not None:
+                path = st.result_path(self.session, iteration)
+                await trio.to_thread.run_sync(self.store.save_block, path, result)
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        for channel in list(self._peers.values()):
+            await channel.aclose()
+        if self._coordinator is not None:
+            await self._coordinator.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 30.0  # dial + handshake + one small request
+    store: float = 60.0  # one filesystem call
+    loop_data: float = 3600.0  # a speculative task may wait a whole iteration
+    collective: float = 600.0  # one iteration's exchange, fallback included
+    task_idle: float = 3600.0  # a task's connection while its mapper computes
+    idle_exit: float = 120.0  # daemon with no session at all

@@ -1,0 +1,174 @@
+"""The task side: what a map task (mrjob mapper or streaming wrapper) does.
+
+`TaskEnv` reads what the driver and Hadoop put in the task's environment;
+`TaskClient` talks to the node daemon in request/reply turns:
+
+    start()        TaskStarted (the coordinator counts it for speculation)
+    loop_data()    GetLoopData -> LoopData | PostProcessLease | Stop
+    contribute()   Contribute -> ContributeAck
+    fail()         TaskFailed (bad mapper output: aborts the session at once)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..algorithms.block import Block
+from ..errors import ConfigurationError, ProtocolError, SessionAborted
+from ..protocol import messages as m
+from ..transport.sync_channel import SyncChannel
+from . import rendezvous
+
+ENV_PREFIX = "HCOLLECTIVES_"
+
+
+class IterationStopped(Exception):
+    """Raised by `loop_data()` when this iteration must not run (the loop
+    converged before it); the task exits successfully with no output."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _clean_id(raw: str) -> str:
+    # Hadoop ids are already clean; mrjob's simulated ones embed the job key.
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)[-180:]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEnv:
+    session: str
+    coordinator: str
+    secret: bytes
+    iteration: int
+    task: str
+    attempt: str
+    num_tasks: int
+    node: str
+    rundir: str
+    node_address: str | None  # a service daemon's address, if the cluster runs one
+    input_split: str
+    timeout: float
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str] = os.environ) -> "TaskEnv":
+        def need(name: str) -> str:
+            value = env.get(ENV_PREFIX + name)
+            if not value:
+                raise ConfigurationError(f"${ENV_PREFIX}{name} is not set: this task was not started by an hcollectives driver")
+            return value
+
+        session = need("SESSION")
+        try:
+            secret = bytes.fromhex(need("SECRET"))
+            iteration = int(need("ITERATION"))
+        except ValueError as exc:
+            raise ConfigurationError(f"malformed hcollectives task environment: {exc}") from None
+        partition = env.get("mapreduce_task_partition", "0")
+        task = env.get("mapreduce_task_id") or f"task_{partition}"
+        attempt = env.get("mapreduce_task_attempt_id") or f"{task}_0"
+        split = env.get("mapreduce_map_input_file", "")
+        if split:
+            split = f"{split}:{env.get('mapreduce_map_input_start', '0')}+{env.get('mapreduce_map_input_length', '?')}"
+        return cls(
+            session=session,
+            coordinator=need("COORDINATOR"),
+            secret=secret,
+            iteration=iteration,
+            task=_clean_id(task),
+            attempt=_clean_id(attempt),
+            num_tasks=int(env.get("mapreduce_job_maps") or -1),
+            node=rendezvous.node_identity(env),
+            rundir=env.get(ENV_PREFIX + "RUNDIR") or rendezvous.default_rundir(session),
+            node_address=env.get(ENV_PREFIX + "NODE_ADDRESS") or None,
+            input_split=split or "stdin",
+            timeout=float(env.get(ENV_PREFIX + "TASK_TIMEOUT") or 3600),
+        )
+
+    def describe(self) -> str:
+        return f"task {self.task} (attempt {self.attempt}, iteration {self.iteration}, input {self.input_split})"
+
+
+# (result of iteration-1, loop data of iteration-1) -> (loop data of iteration, converged?)
+PostProcess = Callable[[Block, np.ndarray], tuple[np.ndarray, bool]]
+
+# Short waits: one request to the local daemon.
+_REQUEST_TIMEOUT = 60.0
+
+
+class TaskClient:
+    def __init__(self, env: TaskEnv) -> None:
+        self.env = env
+        self._channel: SyncChannel | None = None
+
+    def start(self) -> None:
+        env = self.env
+        address = env.node_address or rendezvous.find_or_start_daemon(
+            rundir=env.rundir, node=env.node, secret=env.secret)
+        self._channel = SyncChannel.connect(address, role="task", name=env.task, secret=env.secret,
+                                            timeout=_REQUEST_TIMEOUT)
+        self._send(m.TaskStarted(env.session, env.iteration, env.task, env.attempt, env.num_tasks,
+                                 env.node, env.coordinator))
+
+    def loop_data(self, post_process: PostProcess) -> np.ndarray:
+        """This iteration's loop data; may run *post_process* once for the node."""
+        env = self.env
+        self._send(m.GetLoopData(env.session, env.iteration))
+        reply = self._receive(env.timeout)
+        if isinstance(reply, m.PostProcessLease):
+            data, converged = post_process(reply.result, reply.previous)
+            data = np.ascontiguousarray(data)
+            self._send(m.LoopData(env.session, env.iteration, data, bool(converged)))
+            if converged:
+                raise IterationStopped(f"converged after iteration {env.iteration - 1}")
+            return data
+        if isinstance(reply, m.LoopData) and reply.iteration == env.iteration:
+            return reply.data
+        if isinstance(reply, m.Stop):
+            self._raise_stop(reply)
+        raise ProtocolError(f"daemon answered GetLoopData with {type(reply).__name__}")
+
+    def contribute(self, block: Block) -> bool:
+        """Hand the task's output to the daemon; True if this attempt counts."""
+        env = self.env
+        self._send(m.Contribute(env.session, env.iteration, env.task, env.attempt, block))
+        reply = self._receive(env.timeout)
+        if isinstance(reply, m.ContributeAck):
+            return reply.accepted
+        if isinstance(reply, m.Stop):
+            self._raise_stop(reply)
+        raise ProtocolError(f"daemon answered Contribute with {type(reply).__name__}")
+
+    def fail(self, message: str) -> None:
+        env = self.env
+        self._send(m.TaskFailed(env.session, env.iteration, env.task, env.attempt, message[: m.MAX_TEXT]))
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def __enter__(self) -> "TaskClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _raise_stop(self, stop: m.Stop) -> None:
+        if stop.converged:
+            raise IterationStopped(stop.reason)
+        raise SessionAborted(stop.reason)
+
+    def _send(self, event: m.Message) -> None:
+        if self._channel is None:
+            raise ConfigurationError("TaskClient.start() was not called")
+        self._channel.send(event, timeout=_REQUEST_TIMEOUT)
+
+    def _receive(self, timeout: float) -> m.Message:
+        return self._channel.receive(timeout=timeout)

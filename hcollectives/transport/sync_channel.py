@@ -1,0 +1,106 @@
+"""Blocking-socket twin of `trio_channel.Channel`, for map tasks.
+
+A task talks to its node daemon in strict request/reply turns from inside
+synchronous user code (an mrjob mapper, a streaming wrapper), so a plain
+blocking socket with a timeout on every call is the simplest correct client.
+The protocol rules are the same `Connection` object the daemon uses.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from ..errors import CollectiveTimeout, ConnectionLost
+from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
+from ..protocol.messages import Message
+from .trio_channel import RECV_CHUNK, parse_address
+
+
+class SyncChannel:
+    def __init__(self, sock: socket.socket, conn: Connection, label: str) -> None:
+        self._sock = sock
+        self._conn = conn
+        self.label = label
+
+    @classmethod
+    def connect(cls, address: str, *, role: str, name: str, secret: bytes, timeout: float) -> "SyncChannel":
+        host, port = parse_address(address)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except socket.timeout:
+            raise CollectiveTimeout(f"timed out after {timeout:g}s connecting to {address}") from None
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {address}: {exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        channel = cls(sock, Connection(role=role, name=name, secret=secret, client=True), address)
+        try:
+            channel._handshake(timeout)
+        except BaseException:
+            channel.close()
+            raise
+        return channel
+
+    def _handshake(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._send_chunks(self._conn.data_to_send(), deadline, "handshake")
+            if self._conn.state is not State.HANDSHAKE:
+                return
+            event = self._conn.next_event()
+            if event is CLOSED:
+                raise ConnectionLost(f"{self.label} closed the connection during the handshake")
+            if event is NEED_DATA and self._conn.state is State.HANDSHAKE and not self._conn.has_outgoing:
+                self._read_some(deadline, "handshake")
+
+    def send(self, event: Message, *, timeout: float) -> None:
+        self._send_chunks(self._conn.send(event), time.monotonic() + timeout, f"sending {type(event).__name__}")
+
+    def receive(self, *, timeout: float) -> Message:
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self._conn.next_event()
+            if event is CLOSED:
+                raise ConnectionLost(f"{self.label} closed the connection")
+            if event is not NEED_DATA:
+                return event
+            self._read_some(deadline, "waiting for a reply")
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def _remaining(self, deadline: float, what: str) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CollectiveTimeout(f"timed out {what} ({self.label})")
+        return left
+
+    def _send_chunks(self, chunks: list, deadline: float, what: str) -> None:
+        try:
+            for chunk in chunks:
+                self._sock.settimeout(self._remaining(deadline, what))
+                self._sock.sendall(chunk)
+        except socket.timeout:
+            raise CollectiveTimeout(f"timed out {what} ({self.label})") from None
+        except OSError as exc:
+            raise ConnectionLost(f"connection to {self.label} lost: {exc}") from exc
+
+    def _read_some(self, deadline: float, what: str) -> None:
+        try:
+            self._sock.settimeout(self._remaining(deadline, what))
+            view = self._conn.writable()
+            if view is not None and len(view):
+                n = self._sock.recv_into(view, len(view))
+                if n:
+                    self._conn.advance(n)
+                else:
+                    self._conn.receive_data(b"")
+            else:
+                self._conn.receive_data(self._sock.recv(RECV_CHUNK))
+        except socket.timeout:
+            raise CollectiveTimeout(f"timed out {what} ({self.label})") from None
+        except OSError as exc:
+            raise ConnectionLost(f"connection to {self.label} lost: {exc}") from exc

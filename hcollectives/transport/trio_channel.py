@@ -1,0 +1,201 @@
+"""A thin trio transport: one `Channel` per authenticated TCP connection.
+
+All protocol rules live in `protocol.Connection`; this module only moves bytes
+and bounds every wait with a deadline. Big array bodies are received with
+``recv_into`` straight into the arrays the decoder allocated (no copy through
+an intermediate buffer; on these machines that is the difference between
+~3.4 GiB/s and ~1.4 GiB/s on loopback).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ..errors import CollectiveTimeout, ConnectionLost, ProtocolError
+from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
+from ..protocol.messages import Message
+
+log = logging.getLogger(__name__)
+
+# Read size for headers and small frames; big bodies bypass it via recv_into.
+RECV_CHUNK = 256 * 1024
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class Channel:
+    """An hcollectives connection over a trio socket stream."""
+
+    def __init__(self, stream: trio.SocketStream, conn: Connection, *, label: str = "") -> None:
+        self._stream = stream
+        self._sock = stream.socket
+        self._conn = conn
+        self._send_lock = trio.Lock()  # frames from concurrent senders must not interleave
+        self.label = label
+
+    @property
+    def peer_role(self) -> str | None:
+        return self._conn.peer_role
+
+    @property
+    def peer_name(self) -> str | None:
+        return self._conn.peer_name
+
+    async def handshake(self, timeout: float) -> None:
+        """Authenticate both ends; raises AuthenticationError, CollectiveTimeout, ConnectionLost."""
+        with _deadline(timeout, f"handshake with {self.label}"):
+            while True:
+                await self._flush_own()  # our Hello first, then our Auth once theirs is read
+                if self._conn.state is not State.HANDSHAKE:
+                    return
+                event = self._conn.next_event()
+                if event is CLOSED:
+                    raise ConnectionLost(f"{self.label} closed the connection during the handshake")
+                if event is NEED_DATA and self._conn.state is State.HANDSHAKE and not self._conn.has_outgoing:
+                    await self._read_some()
+
+    async def send(self, event: Message, *, timeout: float = math.inf) -> None:
+        chunks = self._conn.send(event)
+        with _deadline(timeout, f"sending {type(event).__name__} to {self.label}"):
+            async with self._send_lock:
+                try:
+                    for chunk in chunks:
+                        await self._stream.send_all(chunk)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    raise ConnectionLost(f"connection to {self.label} lost while sending: {exc}") from exc
+
+    async def receive(self, *, timeout: float = math.inf) -> Message:
+        """Next event; ConnectionLost when the peer closed cleanly."""
+        with _deadline(timeout, f"waiting for a message from {self.label}"):
+            return await self._next()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(1):
+                await self._stream.aclose()
+
+    async def _flush_own(self) -> None:
+        async with self._send_lock:
+            try:
+                for chunk in self._conn.data_to_send():
+                    await self._stream.send_all(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise ConnectionLost(f"connection to {self.label} lost during handshake: {exc}") from exc
+
+    async def _next(self) -> Message:
+        while True:
+            event = self._conn.next_event()
+            if event is CLOSED:
+                raise ConnectionLost(f"{self.label} closed the connection")
+            if event is not NEED_DATA:
+                return event
+            await self._read_some()
+
+    async def _read_some(self) -> None:
+        try:
+            view = self._conn.writable()
+            if view is not None and len(view):
+                n = await self._sock.recv_into(view, len(view))
+                if n:
+                    self._conn.advance(n)
+                else:
+                    self._conn.receive_data(b"")
+            else:
+                self._conn.receive_data(await self._sock.recv(RECV_CHUNK))
+        except (OSError, trio.ClosedResourceError) as exc:
+            raise ConnectionLost(f"connection to {self.label} lost: {exc}") from exc
+
+
+class _deadline:
+    """`trio.fail_after` that raises our CollectiveTimeout with a description."""
+
+    def __init__(self, timeout: float, what: str) -> None:
+        self._scope = trio.move_on_after(timeout)
+        self._what, self._timeout = what, timeout
+
+    def __enter__(self) -> trio.CancelScope:
+        return self._scope.__enter__()
+
+    def __exit__(self, *exc_info: object) -> bool:
+        suppressed = self._scope.__exit__(*exc_info)
+        if self._scope.cancelled_caught:
+            raise CollectiveTimeout(f"timed out after {self._timeout:g}s {self._what}")
+        return suppressed
+
+
+async def connect(address: str, *, role: str, name: str, secret: bytes, timeout: float) -> Channel:
+    """Dial *address* and authenticate; every step bounded by *timeout*."""
+    host, port = parse_address(address)
+    with _deadline(timeout, f"connecting to {address}"):
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {address}: {exc}") from exc
+    _tune(stream)
+    channel = Channel(stream, Connection(role=role, name=name, secret=secret, client=True), label=f"{address}")
+    try:
+        await channel.handshake(timeout)
+    except BaseException:
+        await channel.aclose()
+        raise
+    return channel
+
+
+def _tune(stream: trio.SocketStream) -> None:
+    # Small control messages must not wait for Nagle; big ones are single sends anyway.
+    stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+
+
+Handler = Callable[[Channel], Awaitable[None]]
+
+
+async def serve(listeners: list[trio.SocketListener], handler: Handler, *, role: str, name: str,
+                secret: bytes, handshake_timeout: float,
+                on_reject: Callable[[str], None] | None = None) -> None:
+    """Accept connections forever; authenticate each, then run *handler* on it.
+
+    A peer that fails the handshake (wrong secret, garbage, silence) is dropped
+    and logged; the server keeps serving everyone else.
+    """
+
+    async def accept(stream: trio.SocketStream) -> None:
+        _tune(stream)
+        try:
+            peer = stream.socket.getpeername()
+            label = f"{peer[0]}:{peer[1]}"
+        except OSError:
+            label = "peer"
+        channel = Channel(stream, Connection(role=role, name=name, secret=secret, client=False), label=label)
+        try:
+            try:
+                await channel.handshake(handshake_timeout)
+            except (ProtocolError, CollectiveTimeout, ConnectionLost) as exc:
+                message = f"{name}: rejected connection from {label}: {exc}"
+                log.warning(message)
+                if on_reject is not None:
+                    on_reject(message)
+                return
+            channel.label = f"{channel.peer_role} {channel.peer_name} ({label})"
+            await handler(channel)
+        finally:
+            await channel.aclose()
+
+    await trio.serve_listeners(accept, listeners)
+
+
+async def open_listeners(host: str, port: int = 0) -> list[trio.SocketListener]:
+    return await trio.open_tcp_listeners(port, host=host)
+
+
+def listener_address(listeners: list[trio.SocketListener], advertise_host: str) -> str:
+    port = listeners[0].socket.getsockname()[1]
+    return f"{advertise_host}:{port}"
