@@ -56,8 +56,8 @@ class Block:
     def __post_init__(self) -> None:
         if not isinstance(self.keys, tuple):
             object.__setattr__(self, "keys", tuple(self.keys))
-        offsets = np.asarray(self.offsets)
-        values = np.asarray(self.values)
+        offsets = np.ascontiguousarray(self.offsets)
+        values = np.ascontiguousarray(self.values)  # the wire sends raw buffers
         if offsets.dtype != OFFSET_DTYPE or offsets.ndim != 1:
             raise ValueError(f"offsets must be 1-D int64, got {offsets.dtype} {offsets.shape}")
         if values.dtype != VALUE_DTYPE or values.ndim != 1:
@@ -68,10 +68,11 @@ class Block:
             raise ValueError("offsets must start at 0 and end at len(values)")
         if len(offsets) > 1 and np.any(np.diff(offsets) < 0):
             raise ValueError("offsets must not decrease")
-        for key in self.keys:
-            key_order(key)
-        if len(set(self.keys)) != len(self.keys):
-            raise ValueError("block keys must be unique")
+        order = [key_order(key) for key in self.keys]
+        # Canonical order is what lets blocks line up position by position and
+        # AllGather rows come out in key order; strictly increasing also means unique.
+        if any(a >= b for a, b in zip(order, order[1:])):
+            raise ValueError("block keys must be unique and in canonical order (ints ascending, then strs)")
         object.__setattr__(self, "offsets", offsets)
         object.__setattr__(self, "values", values)
 
@@ -84,6 +85,7 @@ class Block:
     @classmethod
     def from_dict(cls, mapping: Mapping[Key, np.ndarray]) -> "Block":
         """Build a block from ``{key: 1-D array}``, keys put in canonical order."""
+        mapping = {check_key(k): v for k, v in mapping.items()}
         keys = sorted(mapping, key=key_order)
         vectors = [np.ascontiguousarray(mapping[k], dtype=VALUE_DTYPE).reshape(-1) for k in keys]
         offsets = np.zeros(len(keys) + 1, OFFSET_DTYPE)
@@ -94,9 +96,14 @@ class Block:
     @classmethod
     def from_matrix(cls, keys: tuple[Key, ...], matrix: np.ndarray) -> "Block":
         """Build a block whose i-th key owns row i of a 2-D array (no per-row copies)."""
-        matrix = np.ascontiguousarray(matrix, dtype=VALUE_DTYPE)
+        matrix = np.asarray(matrix, dtype=VALUE_DTYPE)
         if matrix.ndim != 2 or matrix.shape[0] != len(keys):
             raise ValueError(f"need a 2-D array with {len(keys)} rows, got shape {matrix.shape}")
+        keys = tuple(check_key(k) for k in keys)
+        order = sorted(range(len(keys)), key=lambda i: key_order(keys[i]))
+        if order != list(range(len(keys))):
+            keys, matrix = tuple(keys[i] for i in order), matrix[order]
+        matrix = np.ascontiguousarray(matrix)
         offsets = np.arange(len(keys) + 1, dtype=OFFSET_DTYPE) * matrix.shape[1]
         return cls(tuple(keys), offsets, matrix.reshape(-1))
 

@@ -26,7 +26,7 @@ OPS: dict[str, np.ufunc] = {
 
 
 def check_op(op: str) -> str:
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise ConfigurationError(f"unknown reduction op {op!r}; choose one of {', '.join(OPS)}")
     return op
 
@@ -37,10 +37,10 @@ def to_vector(value: object, *, allow_nonfinite: bool = False) -> np.ndarray:
     Raises `BadMapperOutput` with a reason; the caller adds which task and
     record it came from.
     """
-    if isinstance(value, (str, bytes)):
-        raise BadMapperOutput(f"value {value!r:.80} is text, not numbers")
-    if isinstance(value, bool):
-        raise BadMapperOutput(f"value {value!r} is a bool, not a number")
+    if isinstance(value, (str, bytes, bytearray, memoryview)):
+        raise BadMapperOutput(f"value {value!r:.80} is text or bytes, not numbers")
+    if isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)):
+        raise BadMapperOutput(f"value {value!r:.80} holds a bool, not a number")
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:  # ragged nested lists

@@ -200,7 +200,8 @@ class NodeSession:
                 if prev.loop is None:
                     await self._ask_coordinator(iteration - 1)
                 if prev.result is not None and prev.loop is not None and not state.lease_held:
-                    await self._lease(channel, iteration, prev)
+                    if await self._lease(channel, iteration, prev):
+                        return  # the lease holder computed the data itself
                     continue
             try:
                 await self._wait_change(deadline)
@@ -213,7 +214,8 @@ class NodeSession:
             state.asked_coordinator = True
             await self.to_coordinator(m.GetLoopData(self.session, iteration))
 
-    async def _lease(self, channel: Channel, iteration: int, prev: _Iteration) -> None:
+    async def _lease(self, channel: Channel, iteration: int, prev: _Iteration) -> bool:
+        """Have this task compute the node's loop data; False if another source won."""
         state = self.it(iteration)
         state.lease_held = True
         try:
@@ -224,6 +226,10 @@ class NodeSession:
                 raise ProtocolError(f"expected LoopData for iteration {iteration}, got {reply!r:.200}")
             if state.loop is None:
                 state.loop, state.converged_before = reply.data, reply.converged
+                return True
+            # The coordinator's copy arrived first; the task already holds its own
+            # (identical: post_process is deterministic) result, so it goes on.
+            return True
         finally:
             state.lease_held = False
             self._notify()

@@ -1,0 +1,37 @@
+"""K-means with Map-AllReduce: key = cluster id, value = [sum of points, count].
+
+    python examples/kmeans.py -r local --initial init.npy --max-iterations 20 \
+        --result centroids.npy points.txt
+"""
+
+import numpy as np
+
+from hcollectives import AllReduce, MRCollectiveJob
+
+
+class MRKMeans(MRCollectiveJob):
+    COLLECTIVE = AllReduce("sum")
+
+    def mapper_init(self):
+        self.centroids = self.loop_data()
+
+    def mapper(self, _, line):
+        x = np.array(line.split(), float)
+        c = int(((self.centroids - x) ** 2).sum(1).argmin())
+        yield c, np.append(x, 1.0)
+
+    def post_process(self, result):
+        # A cluster that lost every point keeps its previous centroid (the
+        # usual Lloyd convention), so the shape of the loop data never changes.
+        previous = self.loop_data()  # inside post_process: this iteration's input
+        new = previous.copy()
+        for c, v in result.items():
+            new[c] = v[:-1] / v[-1]
+        return new
+
+    def converged(self, previous, current):
+        return np.abs(previous - current).max() < 1e-6
+
+
+if __name__ == "__main__":
+    MRKMeans.run()

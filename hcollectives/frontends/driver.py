@@ -1,0 +1,331 @@
+"""The iteration loop every front end shares (mrjob jobs and streaming mappers).
+
+The driver runs the coordinator on a trio loop, submits one map-only job per
+iteration through a `JobLauncher` (blocking mrjob runner calls run in worker
+threads), and with speculative scheduling submits iteration i+1 as soon as
+every map task of iteration i has *started* -- never earlier, so waiting tasks
+of i+1 can never hold the slots that i's tasks still need. When iteration i's
+result arrives it runs post_process and converged, saves the new loop data to
+the store (so ``--resume`` can continue) and either tells the daemons to stop
+or moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TextIO
+
+import numpy as np
+import trio
+
+from .. import store as st
+from ..algorithms.block import Block
+from ..algorithms.reduction import check_op
+from ..errors import ConfigurationError, HCollectivesError, JobFailed, SessionAborted
+from ..protocol.connection import new_secret
+from ..services.coordinator import Coordinator, SessionConfig
+
+log = logging.getLogger(__name__)
+
+# After convergence the speculative job's tasks are told to stop at once; this
+# bounds how long we wait for its (now empty) run to wind down.
+DRAIN_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoopOptions:
+    collective: str  # "allreduce" | "allgather"
+    op: str = "none"
+    max_iterations: int = 10
+    speculative: bool = True
+    local_nodes: int = 1
+    fanout: int = 2
+    checkpoint_uri: str | None = None
+    resume: bool = False
+    fallback_timeout: float = 10.0
+    allow_nonfinite: bool = False
+    coordinator_host: str = "127.0.0.1"
+    share_rundir: bool = True  # local runners: tasks meet in the driver's temp dir
+    progress: bool = True
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.collective not in ("allreduce", "allgather"):
+            raise ConfigurationError(f"collective must be allreduce or allgather, not {self.collective!r}")
+        if self.collective == "allreduce":
+            check_op(self.op)
+        if self.max_iterations < 1:
+            raise ConfigurationError("--max-iterations must be at least 1")
+        if self.local_nodes < 1:
+            raise ConfigurationError("--local-nodes must be at least 1")
+        if self.fanout < 1:
+            raise ConfigurationError("--fanout must be at least 1")
+        if not self.fallback_timeout > 0:
+            raise ConfigurationError("--fallback-timeout must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class IterationTiming:
+    iteration: int
+    seconds: float  # from the previous iteration's result (or this job's submission) to this result
+    converged: bool
+    events: dict[str, float]  # seconds since the run started: submitted, first_task_started, ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoopResult:
+    loop_data: np.ndarray
+    iterations: int  # the last iteration that ran
+    converged: bool
+    timings: list[IterationTiming] = field(default_factory=list)
+
+    @property
+    def mean_iteration_seconds(self) -> float:
+        return float(np.mean([t.seconds for t in self.timings])) if self.timings else math.nan
+
+
+class JobLauncher(Protocol):
+    def run_iteration(self, iteration: int, env: dict[str, str], report_num_tasks: Callable[[int], None]) -> None:
+        """Run iteration's map-only job to completion (blocking); raise on failure."""
+
+
+PostProcess = Callable[[Block, np.ndarray], np.ndarray]
+Converged = Callable[[np.ndarray, np.ndarray], bool]
+
+
+class IterativeDriver:
+    def __init__(self, options: LoopOptions, launcher: JobLauncher, *, post_process: PostProcess,
+                 converged: Converged, initial: np.ndarray, stream: TextIO | None = None) -> None:
+        self.options = options
+        self.launcher = launcher
+        self.post_process = post_process
+        self.converged = converged
+        self.initial = _check_loop_data(initial, "initial loop data")
+        self.stream = stream if stream is not None else sys.stderr
+
+    def run(self) -> LoopResult:
+        tmp = tempfile.mkdtemp(prefix="hcollectives-")
+        self.rundir = os.path.join(tmp, "run")
+        try:
+            return trio.run(self._main, tmp)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from group
+        finally:
+            _reap_daemons(self.rundir)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def _main(self, tmp: str) -> LoopResult:
+        o = self.options
+        store = st.Store(o.checkpoint_uri or st.default_checkpoint_uri(tmp))
+        first, loop_data = await trio.to_thread.run_sync(self._starting_point, store)
+        if first > o.max_iterations:
+            self._say(f"resume: nothing to do, {first - 1} iteration(s) already ran")
+            return LoopResult(loop_data, first - 1, False, [])
+        self.session, self.secret = secrets.token_hex(8), new_secret()
+        config = SessionConfig(self.session, self.secret, o.collective, o.op if o.collective == "allreduce" else "none",
+                               o.fanout, store.url, o.fallback_timeout, first, o.allow_nonfinite,
+                               bind_host=o.coordinator_host, advertise_host=o.coordinator_host)
+        self.coordinator = coord = Coordinator(config, loop_data)
+        self.t0 = time.perf_counter()
+        self._launched: dict[int, trio.Event] = {}
+        self._job_errors: dict[int, BaseException] = {}
+        self._stopping = False
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(coord.serve)
+            try:
+                result = await self._iterate(store, first, loop_data)
+            except SessionAborted as exc:
+                raise JobFailed(str(exc)) from None
+            finally:
+                self._stopping = True
+                with trio.move_on_after(DRAIN_TIMEOUT):
+                    for done in self._launched.values():
+                        await done.wait()
+                nursery.cancel_scope.cancel()
+        return result
+
+    def _starting_point(self, store: st.Store) -> tuple[int, np.ndarray]:
+        if self.options.resume:
+            latest = st.latest_loop_iteration(store)
+            if latest is not None:
+                state = store.load_json(st.run_state_path()) if store.exists(st.run_state_path()) else {}
+                data = store.load_array(st.loop_data_path(latest))
+                if state.get("converged"):
+                    return self.options.max_iterations + 1, data
+                self._say(f"resume: continuing at iteration {latest} from {store.url}")
+                return latest, data
+        store.save_array(st.loop_data_path(1), self.initial)
+        return 1, self.initial
+
+    async def _iterate(self, store: st.Store, first: int, loop_data: np.ndarray) -> LoopResult:
+        o, coord = self.options, self.coordinator
+        last = o.max_iterations
+        timings: list[IterationTiming] = []
+        previous_result_at = None
+        self._launch(first)
+        i = first
+        while True:
+            if o.speculative and i < last:
+                self._nursery.start_soon(self._speculate, i)
+            result = await coord.wait_result(i)
+            new = _check_loop_data(await trio.to_thread.run_sync(self.post_process, result, loop_data),
+                                   f"post_process of iteration {i}")
+            converged = bool(self.converged(loop_data, new))
+            coord.set_loop_data(i + 1, new)
+            rec = coord.record(i)
+            rec.mark("post_processed")
+            await trio.to_thread.run_sync(self._save_progress, store, i, new, converged)
+            start = previous_result_at if previous_result_at is not None else rec.times["submitted"]
+            previous_result_at = rec.times["result"]
+            timing = IterationTiming(i, previous_result_at - start, converged,
+                                     {k: v - self.t0 for k, v in rec.times.items()})
+            timings.append(timing)
+            self._say(f"iteration {i:4d}  {timing.seconds:8.3f} s  {'converged' if converged else ''}".rstrip())
+            loop_data = new
+            if converged or i >= last:
+                self._stopping = True
+                reason = f"converged after iteration {i}" if converged else f"reached --max-iterations {last}"
+                await coord.stop(i + 1, converged=True, reason=reason)
+                await self._launched[i].wait()
+                if i in self._job_errors:
+                    raise JobFailed(f"iteration {i}'s job failed after its collective: {self._job_errors[i]}")
+                return LoopResult(loop_data, i, converged, timings)
+            if not o.speculative:
+                await self._launched[i].wait()
+            self._launch(i + 1)
+            i += 1
+
+    async def _speculate(self, i: int) -> None:
+        try:
+            await self.coordinator.wait_all_started(i)
+        except SessionAborted:
+            return
+        if not self._stopping:
+            self._launch(i + 1)
+
+    def _launch(self, i: int) -> None:
+        if i in self._launched or i > self.options.max_iterations:
+            return
+        done = self._launched[i] = trio.Event()
+        self.coordinator.mark(i, "submitted")
+        self._nursery.start_soon(self._run_job, i, done)
+
+    async def _run_job(self, i: int, done: trio.Event) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def report(n: int) -> None:
+            trio.from_thread.run_sync(self.coordinator.set_num_tasks, i, n, trio_token=token)
+
+        try:
+            await trio.to_thread.run_sync(self.launcher.run_iteration, i, self._task_env(i), report,
+                                          abandon_on_cancel=True)
+        except Exception as exc:  # noqa: BLE001 -- any runner failure is this job's failure
+            log.debug("iteration %d job failed", i, exc_info=True)
+            self._job_errors[i] = exc
+        finally:
+            self.coordinator.mark(i, "job_finished")
+            done.set()
+        if i in self._job_errors and not self._stopping and self.coordinator.record(i).result is None:
+            # Give a task's own report (which names the record) a moment to arrive first.
+            await trio.sleep(1.0)
+            self.coordinator.abort(f"iteration {i}'s job failed: {self._job_errors[i]}")
+
+    def _task_env(self, i: int) -> dict[str, str]:
+        o = self.options
+        env = {
+            "HCOLLECTIVES_SESSION": self.session,
+            "HCOLLECTIVES_COORDINATOR": self.coordinator.address,
+            "HCOLLECTIVES_SECRET": self.secret.hex(),
+            "HCOLLECTIVES_ITERATION": str(i),
+            "HCOLLECTIVES_LOCAL_NODES": str(o.local_nodes),
+        }
+        if o.share_rundir:
+            env["HCOLLECTIVES_RUNDIR"] = self.rundir
+        env.update(o.extra_env)
+        return env
+
+    def _save_progress(self, store: st.Store, i: int, new: np.ndarray, converged: bool) -> None:
+        store.save_array(st.loop_data_path(i + 1), new)
+        store.save_json(st.run_state_path(), {"iteration": i, "converged": converged,
+                                              "collective": self.options.collective, "op": self.options.op})
+
+    def _say(self, line: str) -> None:
+        if self.options.progress:
+            print(line, file=self.stream, flush=True)
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to show from a group: ours first (they name the cause), else the first one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for sub in exc.exceptions:
+                walk(sub)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    ours = [e for e in leaves if isinstance(e, HCollectivesError)]
+    return (ours or leaves)[0]
+
+
+def _check_loop_data(data: object, what: str) -> np.ndarray:
+    arr = np.asarray(data)
+    if arr.dtype.kind not in "biuf":
+        raise ConfigurationError(f"{what} must be a numeric array, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
+def _reap_daemons(rundir: str, grace: float = 5.0) -> None:
+    """Local runs: make sure no task-started daemon outlives the driver.
+
+    Daemons exit by themselves once the coordinator is gone; this is the
+    backstop for one that is stuck (or was started by a task after we ended).
+    """
+    pids = []
+    for pid_file in Path(rundir).glob("nodes/*/pid"):
+        try:
+            pids.append(int(pid_file.read_text()))
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + grace
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        alive = [p for p in pids if _pid_alive(p)]
+        if not alive:
+            return
+        if sig is not None:
+            for p in alive:
+                try:
+                    os.kill(p, sig)
+                except OSError:
+                    pass
+        while time.monotonic() < deadline and any(_pid_alive(p) for p in alive):
+            time.sleep(0.05)
+        deadline = time.monotonic() + 2.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True

@@ -1,0 +1,323 @@
+"""mrjob front end: `MRCollectiveJob`, `AllReduce`, `AllGather`.
+
+An existing MRJob changes its base class and declares a collective; its
+mapper stays as it was. In the driver, ``run()``/``iterate()`` loop over
+iterations (one map-only job each); in a map task, the mapper's (key, value)
+pairs are validated and combined in the task (task-level reduction), then
+handed to the node daemon instead of going to Hadoop's shuffle.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from mrjob.job import MRJob
+from mrjob.runner import _runner_class
+from mrjob.step import MRStep
+
+from ..algorithms.block import Block
+from ..algorithms.reduction import Accumulator, block_to_matrix, check_op, to_vector
+from ..errors import BadMapperOutput, ConfigurationError, HCollectivesError
+from ..services.task import ENV_PREFIX, IterationStopped, TaskClient, TaskEnv
+from .driver import IterativeDriver, LoopOptions, LoopResult
+
+
+class AllReduce:
+    """Map-AllReduce: values are combined per key with *op* across all tasks."""
+
+    name = "allreduce"
+
+    def __init__(self, op: str = "sum", *, allow_nonfinite: bool = False) -> None:
+        self.op = check_op(op)
+        self.allow_nonfinite = allow_nonfinite
+
+    def result(self, block: Block) -> dict[Any, np.ndarray]:
+        return block.to_dict()
+
+    def __repr__(self) -> str:
+        return f"AllReduce({self.op!r})"
+
+
+class AllGather:
+    """Map-AllGather: each task's rows (keyed by integer row index) reach every node."""
+
+    name = "allgather"
+    op = "none"
+
+    def __init__(self, *, allow_nonfinite: bool = False) -> None:
+        self.allow_nonfinite = allow_nonfinite
+
+    def result(self, block: Block) -> np.ndarray:
+        return block_to_matrix(block)
+
+    def __repr__(self) -> str:
+        return "AllGather()"
+
+
+def default_post_process(collective: AllReduce | AllGather, result: Any) -> np.ndarray:
+    """Loop data when the job defines no post_process: the result as an array."""
+    if isinstance(result, np.ndarray):
+        return result
+    keys = sorted(result, key=lambda k: (isinstance(k, str), k))
+    try:
+        return np.stack([np.asarray(result[k]) for k in keys]) if keys else np.zeros((0, 0))
+    except ValueError:
+        raise ConfigurationError("AllReduce values differ in length per key; define post_process() "
+                                 "to turn the {key: array} result into loop data") from None
+
+
+class MRCollectiveJob(MRJob):
+    """Base class for iterative jobs whose map output goes to a collective."""
+
+    COLLECTIVE: AllReduce | AllGather = AllReduce("sum")
+
+    # -- what users override ------------------------------------------------------------
+
+    def post_process(self, result: Any) -> np.ndarray:
+        """Turn the collective's result into the next iteration's loop data.
+
+        Runs once per node (and once in the driver) after each collective;
+        inside it, `loop_data()` returns the loop data the finished iteration
+        started from (e.g. to keep the centroid of an empty cluster)."""
+        return default_post_process(self.COLLECTIVE, result)
+
+    def converged(self, previous: np.ndarray, current: np.ndarray) -> bool:
+        return False
+
+    # -- options ---------------------------------------------------------------------------
+
+    def configure_args(self) -> None:
+        super().configure_args()
+        # Driver-only options: added to the parser directly, so mrjob does not
+        # pass them to tasks (tasks get what they need through the environment).
+        group = self.arg_parser.add_argument_group("hcollectives")
+        add_loop_arguments(group)
+
+    def loop_options(self) -> LoopOptions:
+        o = self.options
+        return loop_options_from_args(o, self.COLLECTIVE, progress=not o.quiet,
+                                      share_rundir=(o.runner or "inline") in ("local", "inline"))
+
+    # -- driver ---------------------------------------------------------------------------------
+
+    def iterate(self) -> LoopResult:
+        """Run every iteration; returns the final loop data, the count, converged, timings."""
+        initial = load_initial(self.options.initial)
+        driver = IterativeDriver(
+            self.loop_options(), _MRJobLauncher(self),
+            post_process=self._hc_post_process,
+            converged=self.converged, initial=initial, stream=sys.stderr)
+        return driver.run()
+
+    def run_job(self) -> None:
+        self.set_up_logging(quiet=self.options.quiet, verbose=self.options.verbose)
+        try:
+            outcome = self.iterate()
+        except HCollectivesError as exc:
+            print(f"hcollectives: error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        if self.options.result:
+            np.save(self.options.result, outcome.loop_data, allow_pickle=False)
+        if not self.options.quiet:
+            state = "converged" if outcome.converged else "did not converge"
+            print(f"{outcome.iterations} iteration(s), {state}; mean {outcome.mean_iteration_seconds:.3f} s per iteration"
+                  + (f"; result in {self.options.result}" if self.options.result else ""), file=sys.stderr)
+
+    def _runner_class(self):
+        return collective_runner_class(self.options.runner or "inline")
+
+    # -- task side ------------------------------------------------------------------------------
+
+    def steps(self) -> list[MRStep]:
+        return [MRStep(mapper_init=self._hc_mapper_init, mapper=self._hc_mapper,
+                       mapper_final=self._hc_mapper_final)]
+
+    def loop_data(self) -> np.ndarray:
+        """This iteration's loop data (--initial, or the last post_process result).
+
+        In a speculatively scheduled task this waits until the previous
+        iteration's collective is done."""
+        previous = getattr(self, "_hc_previous", None)
+        if previous is not None:  # called from post_process
+            return previous
+        task = getattr(self, "_hc_task", None)
+        if task is None:
+            raise ConfigurationError("loop_data() is only available inside a map task run by hcollectives")
+        if self._hc_loop_data is None:
+            self._hc_loop_data = task.client.loop_data(self._hc_lease)
+        return self._hc_loop_data
+
+    def _hc_post_process(self, result: Block, previous: np.ndarray) -> np.ndarray:
+        self._hc_previous = previous
+        try:
+            return np.asarray(self.post_process(self.COLLECTIVE.result(result)))
+        finally:
+            self._hc_previous = None
+
+    def _hc_lease(self, result: Block, previous: np.ndarray) -> tuple[np.ndarray, bool]:
+        current = self._hc_post_process(result, previous)
+        return current, bool(self.converged(previous, current))
+
+    def run_mapper(self, step_num: int = 0) -> None:
+        if ENV_PREFIX + "SESSION" not in os.environ:
+            raise ConfigurationError("MRCollectiveJob tasks must be started by an hcollectives driver "
+                                     "(run the job script itself, e.g. `python job.py -r local ...`)")
+        env = TaskEnv.from_environ()
+        self._hc_task = _MapTask(env, self.COLLECTIVE)
+        self._hc_loop_data = None
+        run_task(self._hc_task, lambda: super(MRCollectiveJob, self).run_mapper(step_num))
+
+    def _hc_mapper_init(self):
+        user = _user_method(self, "mapper_init")
+        return self._hc_task.collect_all(user() if user else None, "mapper_init")
+
+    def _hc_mapper(self, key, value):
+        user = _user_method(self, "mapper")
+        if user is None:
+            raise ConfigurationError(f"{type(self).__name__} defines no mapper()")
+        self._hc_task.records += 1
+        return self._hc_task.collect_all(user(key, value), value)
+
+    def _hc_mapper_final(self):
+        user = _user_method(self, "mapper_final")
+        out = self._hc_task.collect_all(user() if user else None, "mapper_final")
+        self._hc_task.finish()
+        return out
+
+
+def _user_method(job: MRJob, name: str) -> Callable | None:
+    """The job's own override of an MRJob hook, or None if it has none."""
+    if getattr(type(job), name) is getattr(MRJob, name):
+        return None
+    return getattr(job, name)
+
+
+class _MapTask:
+    """One map task's collective state: accumulator, record count, client."""
+
+    def __init__(self, env: TaskEnv, collective: AllReduce | AllGather) -> None:
+        self.env = env
+        self.collective = collective
+        self.client = TaskClient(env)
+        self.acc = Accumulator(collective.op if collective.name == "allreduce" else None)
+        self.records = 0
+
+    def collect_all(self, pairs: Iterable | None, source: Any) -> tuple:
+        for key, value in pairs or ():
+            self.add(key, value, source)
+        return ()  # nothing goes to Hadoop's output
+
+    def add(self, key: Any, value: Any, source: Any) -> None:
+        try:
+            self.acc.add(key, to_vector(value, allow_nonfinite=self.collective.allow_nonfinite))
+        except BadMapperOutput as exc:
+            where = source if isinstance(source, str) and source.startswith("mapper_") else \
+                f"input record {self.records} ({source!r:.120})"
+            raise type(exc)(f"{self.env.describe()}: {where} emitted ({key!r:.60}, {value!r:.120}): {exc}") from None
+
+    def finish(self) -> None:
+        self.client.contribute(self.acc.block())
+
+
+def run_task(task: "_MapTask", body: Callable[[], None]) -> None:
+    """Run a task's body with the session's rules for how tasks end.
+
+    Bad mapper output is deterministic (a retry would fail the same way), so it
+    is reported to the coordinator, which aborts the whole run at once. A task
+    told that the loop converged before its iteration exits 0 with no output.
+    """
+    try:
+        task.client.start()
+        body()
+    except IterationStopped:
+        pass
+    except BadMapperOutput as exc:
+        try:
+            task.client.fail(str(exc))
+        except HCollectivesError:
+            pass
+        print(f"hcollectives: bad mapper output: {exc}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        task.client.close()
+
+
+def add_loop_arguments(group: Any) -> None:
+    """Options shared by MRCollectiveJob scripts and `hcollectives run`."""
+    group.add_argument("--initial", help="loop data of the first iteration (.npy)")
+    group.add_argument("--max-iterations", type=int, default=10, help="iterations at most (default 10)")
+    group.add_argument("--result", help="write the final loop data here")
+    group.add_argument("--no-speculative", dest="speculative", action="store_false",
+                       help="submit iteration i+1 only after iteration i is done")
+    group.add_argument("--local-nodes", type=int, default=1,
+                       help="simulate N nodes, each with its own daemon (local runner)")
+    group.add_argument("--fanout", type=int, default=2, help="children per node in the AllReduce tree")
+    group.add_argument("--checkpoint-uri", help="durable store (fsspec URL); default: the job's temp dir")
+    group.add_argument("--resume", action="store_true", help="continue from the last iteration in --checkpoint-uri")
+    group.add_argument("--fallback-timeout", type=float, default=10.0,
+                       help="seconds to wait for a piece over TCP before reading it from the store")
+    group.add_argument("--coordinator-host", default="127.0.0.1",
+                       help="address tasks' daemons use to reach the driver")
+
+
+def loop_options_from_args(o: Any, collective: AllReduce | AllGather, **extra: Any) -> LoopOptions:
+    if o.resume and not o.checkpoint_uri:
+        raise ConfigurationError("--resume needs --checkpoint-uri (the default store is deleted after each run)")
+    return LoopOptions(collective=collective.name, op=collective.op, max_iterations=o.max_iterations,
+                       speculative=o.speculative, local_nodes=o.local_nodes, fanout=o.fanout,
+                       checkpoint_uri=o.checkpoint_uri, resume=o.resume, fallback_timeout=o.fallback_timeout,
+                       allow_nonfinite=collective.allow_nonfinite, coordinator_host=o.coordinator_host, **extra)
+
+
+def load_initial(path: str | None) -> np.ndarray:
+    if not path:
+        raise ConfigurationError("--initial is required: the loop data of the first iteration (.npy)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read --initial {path}: {exc}") from None
+
+
+class _MRJobLauncher:
+    """Runs one iteration's map-only job with an mrjob runner."""
+
+    def __init__(self, job: MRJob) -> None:
+        self.job = job
+
+    def run_iteration(self, iteration: int, env: dict[str, str], report_num_tasks: Callable[[int], None]) -> None:
+        kwargs = self.job._runner_kwargs()
+        kwargs["cmdenv"] = dict(kwargs.get("cmdenv") or {}, **env)
+        runner = self.job._runner_class()(**kwargs)
+        runner.hc_report_num_tasks = report_num_tasks
+        with runner:
+            runner.run()
+
+
+_RUNNER_CLASSES: dict[str, type] = {}
+
+
+def collective_runner_class(alias: str) -> type:
+    """mrjob's runner class for *alias*, taught to report its map task count.
+
+    Hadoop tells tasks the count ($mapreduce_job_maps); mrjob's simulated
+    runners do not, so they report it to the coordinator themselves, which is
+    what lets speculative scheduling know when every task has started.
+    """
+    if alias not in _RUNNER_CLASSES:
+        base = _runner_class(alias)
+
+        def _run_mappers_and_combiners(self, step_num, map_splits):
+            map_splits = list(map_splits)
+            report = getattr(self, "hc_report_num_tasks", None)
+            if report is not None:
+                report(len(map_splits))
+            return base._run_mappers_and_combiners(self, step_num, map_splits)
+
+        attrs = {"_run_mappers_and_combiners": _run_mappers_and_combiners} if hasattr(
+            base, "_run_mappers_and_combiners") else {}
+        _RUNNER_CLASSES[alias] = type(f"Collective{base.__name__}", (base,), attrs)
+    return _RUNNER_CLASSES[alias]
