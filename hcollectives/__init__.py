@@ -20,10 +20,18 @@ from .errors import (
     ShapeMismatch,
     StoreError,
 )
-from .frontends.driver import IterationTiming, LoopResult
 from .frontends.mrjob_job import AllGather, AllReduce, MRCollectiveJob
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The driver imports trio; map tasks import this package and never need it.
+    if name in ("IterationTiming", "LoopResult"):
+        from .frontends import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module 'hcollectives' has no attribute {name!r}")
 
 __all__ = [
     "AllGather",

@@ -89,6 +89,7 @@ class LoopResult:
     iterations: int  # the last iteration that ran
     converged: bool
     timings: list[IterationTiming] = field(default_factory=list)
+    result: Block | None = None  # the last iteration's raw collective result
 
     @property
     def mean_iteration_seconds(self) -> float:
@@ -203,7 +204,7 @@ class IterativeDriver:
                 await self._launched[i].wait()
                 if i in self._job_errors:
                     raise JobFailed(f"iteration {i}'s job failed after its collective: {self._job_errors[i]}")
-                return LoopResult(loop_data, i, converged, timings)
+                return LoopResult(loop_data, i, converged, timings, result)
             if not o.speculative:
                 await self._launched[i].wait()
             self._launch(i + 1)

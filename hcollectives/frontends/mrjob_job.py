@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mrjob.job import MRJob
@@ -20,10 +20,13 @@ from mrjob.runner import _runner_class
 from mrjob.step import MRStep
 
 from ..algorithms.block import Block
-from ..algorithms.reduction import Accumulator, block_to_matrix, check_op, to_vector
-from ..errors import BadMapperOutput, ConfigurationError, HCollectivesError
-from ..services.task import ENV_PREFIX, IterationStopped, TaskClient, TaskEnv
-from .driver import IterativeDriver, LoopOptions, LoopResult
+from ..algorithms.reduction import block_to_matrix, check_op
+from ..errors import ConfigurationError, HCollectivesError
+from ..services.task import ENV_PREFIX, TaskEnv
+from .map_task import MapTask, run_task
+
+if TYPE_CHECKING:  # the driver pulls in trio; map tasks never need it
+    from .driver import LoopOptions, LoopResult
 
 
 class AllReduce:
@@ -97,15 +100,17 @@ class MRCollectiveJob(MRJob):
         group = self.arg_parser.add_argument_group("hcollectives")
         add_loop_arguments(group)
 
-    def loop_options(self) -> LoopOptions:
+    def loop_options(self) -> "LoopOptions":
         o = self.options
         return loop_options_from_args(o, self.COLLECTIVE, progress=not o.quiet,
                                       share_rundir=(o.runner or "inline") in ("local", "inline"))
 
     # -- driver ---------------------------------------------------------------------------------
 
-    def iterate(self) -> LoopResult:
+    def iterate(self) -> "LoopResult":
         """Run every iteration; returns the final loop data, the count, converged, timings."""
+        from .driver import IterativeDriver
+
         initial = load_initial(self.options.initial)
         driver = IterativeDriver(
             self.loop_options(), _MRJobLauncher(self),
@@ -167,7 +172,7 @@ class MRCollectiveJob(MRJob):
             raise ConfigurationError("MRCollectiveJob tasks must be started by an hcollectives driver "
                                      "(run the job script itself, e.g. `python job.py -r local ...`)")
         env = TaskEnv.from_environ()
-        self._hc_task = _MapTask(env, self.COLLECTIVE)
+        self._hc_task = MapTask(env, self.COLLECTIVE)
         self._hc_loop_data = None
         run_task(self._hc_task, lambda: super(MRCollectiveJob, self).run_mapper(step_num))
 
@@ -179,8 +184,9 @@ class MRCollectiveJob(MRJob):
         user = _user_method(self, "mapper")
         if user is None:
             raise ConfigurationError(f"{type(self).__name__} defines no mapper()")
-        self._hc_task.records += 1
-        return self._hc_task.collect_all(user(key, value), value)
+        task = self._hc_task
+        task.records += 1
+        return task.collect_all(user(key, value), f"input record {task.records}", value)
 
     def _hc_mapper_final(self):
         user = _user_method(self, "mapper_final")
@@ -194,56 +200,6 @@ def _user_method(job: MRJob, name: str) -> Callable | None:
     if getattr(type(job), name) is getattr(MRJob, name):
         return None
     return getattr(job, name)
-
-
-class _MapTask:
-    """One map task's collective state: accumulator, record count, client."""
-
-    def __init__(self, env: TaskEnv, collective: AllReduce | AllGather) -> None:
-        self.env = env
-        self.collective = collective
-        self.client = TaskClient(env)
-        self.acc = Accumulator(collective.op if collective.name == "allreduce" else None)
-        self.records = 0
-
-    def collect_all(self, pairs: Iterable | None, source: Any) -> tuple:
-        for key, value in pairs or ():
-            self.add(key, value, source)
-        return ()  # nothing goes to Hadoop's output
-
-    def add(self, key: Any, value: Any, source: Any) -> None:
-        try:
-            self.acc.add(key, to_vector(value, allow_nonfinite=self.collective.allow_nonfinite))
-        except BadMapperOutput as exc:
-            where = source if isinstance(source, str) and source.startswith("mapper_") else \
-                f"input record {self.records} ({source!r:.120})"
-            raise type(exc)(f"{self.env.describe()}: {where} emitted ({key!r:.60}, {value!r:.120}): {exc}") from None
-
-    def finish(self) -> None:
-        self.client.contribute(self.acc.block())
-
-
-def run_task(task: "_MapTask", body: Callable[[], None]) -> None:
-    """Run a task's body with the session's rules for how tasks end.
-
-    Bad mapper output is deterministic (a retry would fail the same way), so it
-    is reported to the coordinator, which aborts the whole run at once. A task
-    told that the loop converged before its iteration exits 0 with no output.
-    """
-    try:
-        task.client.start()
-        body()
-    except IterationStopped:
-        pass
-    except BadMapperOutput as exc:
-        try:
-            task.client.fail(str(exc))
-        except HCollectivesError:
-            pass
-        print(f"hcollectives: bad mapper output: {exc}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        task.client.close()
 
 
 def add_loop_arguments(group: Any) -> None:
@@ -264,7 +220,9 @@ def add_loop_arguments(group: Any) -> None:
                        help="address tasks' daemons use to reach the driver")
 
 
-def loop_options_from_args(o: Any, collective: AllReduce | AllGather, **extra: Any) -> LoopOptions:
+def loop_options_from_args(o: Any, collective: AllReduce | AllGather, **extra: Any) -> "LoopOptions":
+    from .driver import LoopOptions
+
     if o.resume and not o.checkpoint_uri:
         raise ConfigurationError("--resume needs --checkpoint-uri (the default store is deleted after each run)")
     return LoopOptions(collective=collective.name, op=collective.op, max_iterations=o.max_iterations,

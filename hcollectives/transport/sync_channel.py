@@ -14,7 +14,7 @@ import time
 from ..errors import CollectiveTimeout, ConnectionLost
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
 from ..protocol.messages import Message
-from .trio_channel import RECV_CHUNK, parse_address
+from .common import RECV_CHUNK, parse_address
 
 
 class SyncChannel:

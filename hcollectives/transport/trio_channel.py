@@ -18,18 +18,9 @@ import trio
 from ..errors import CollectiveTimeout, ConnectionLost, ProtocolError
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
 from ..protocol.messages import Message
+from .common import RECV_CHUNK, parse_address
 
 log = logging.getLogger(__name__)
-
-# Read size for headers and small frames; big bodies bypass it via recv_into.
-RECV_CHUNK = 256 * 1024
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"address {address!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 class Channel:
