@@ -12,6 +12,11 @@ from hcollectives import AllReduce, MRCollectiveJob
 class MRKMeans(MRCollectiveJob):
     COLLECTIVE = AllReduce("sum")
 
+    def configure_args(self):
+        super().configure_args()
+        self.add_passthru_arg("--tolerance", type=float, default=1e-6,
+                              help="converged when no centroid moves more than this")
+
     def mapper_init(self):
         self.centroids = self.loop_data()
 
@@ -30,7 +35,7 @@ class MRKMeans(MRCollectiveJob):
         return new
 
     def converged(self, previous, current):
-        return np.abs(previous - current).max() < 1e-6
+        return np.abs(previous - current).max() < self.options.tolerance
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,57 +20,16 @@ from mrjob.runner import _runner_class
 from mrjob.step import MRStep
 
 from ..algorithms.block import Block
-from ..algorithms.reduction import block_to_matrix, check_op
 from ..errors import ConfigurationError, HCollectivesError
 from ..services.task import ENV_PREFIX, TaskEnv
+from .collectives import AllGather, AllReduce, default_post_process
 from .map_task import MapTask, run_task
+from .options import add_loop_arguments, load_initial, loop_options_from_args
 
 if TYPE_CHECKING:  # the driver pulls in trio; map tasks never need it
     from .driver import LoopOptions, LoopResult
 
-
-class AllReduce:
-    """Map-AllReduce: values are combined per key with *op* across all tasks."""
-
-    name = "allreduce"
-
-    def __init__(self, op: str = "sum", *, allow_nonfinite: bool = False) -> None:
-        self.op = check_op(op)
-        self.allow_nonfinite = allow_nonfinite
-
-    def result(self, block: Block) -> dict[Any, np.ndarray]:
-        return block.to_dict()
-
-    def __repr__(self) -> str:
-        return f"AllReduce({self.op!r})"
-
-
-class AllGather:
-    """Map-AllGather: each task's rows (keyed by integer row index) reach every node."""
-
-    name = "allgather"
-    op = "none"
-
-    def __init__(self, *, allow_nonfinite: bool = False) -> None:
-        self.allow_nonfinite = allow_nonfinite
-
-    def result(self, block: Block) -> np.ndarray:
-        return block_to_matrix(block)
-
-    def __repr__(self) -> str:
-        return "AllGather()"
-
-
-def default_post_process(collective: AllReduce | AllGather, result: Any) -> np.ndarray:
-    """Loop data when the job defines no post_process: the result as an array."""
-    if isinstance(result, np.ndarray):
-        return result
-    keys = sorted(result, key=lambda k: (isinstance(k, str), k))
-    try:
-        return np.stack([np.asarray(result[k]) for k in keys]) if keys else np.zeros((0, 0))
-    except ValueError:
-        raise ConfigurationError("AllReduce values differ in length per key; define post_process() "
-                                 "to turn the {key: array} result into loop data") from None
+__all__ = ["AllGather", "AllReduce", "MRCollectiveJob", "collective_runner_class"]
 
 
 class MRCollectiveJob(MRJob):
@@ -200,44 +159,6 @@ def _user_method(job: MRJob, name: str) -> Callable | None:
     if getattr(type(job), name) is getattr(MRJob, name):
         return None
     return getattr(job, name)
-
-
-def add_loop_arguments(group: Any) -> None:
-    """Options shared by MRCollectiveJob scripts and `hcollectives run`."""
-    group.add_argument("--initial", help="loop data of the first iteration (.npy)")
-    group.add_argument("--max-iterations", type=int, default=10, help="iterations at most (default 10)")
-    group.add_argument("--result", help="write the final loop data here")
-    group.add_argument("--no-speculative", dest="speculative", action="store_false",
-                       help="submit iteration i+1 only after iteration i is done")
-    group.add_argument("--local-nodes", type=int, default=1,
-                       help="simulate N nodes, each with its own daemon (local runner)")
-    group.add_argument("--fanout", type=int, default=2, help="children per node in the AllReduce tree")
-    group.add_argument("--checkpoint-uri", help="durable store (fsspec URL); default: the job's temp dir")
-    group.add_argument("--resume", action="store_true", help="continue from the last iteration in --checkpoint-uri")
-    group.add_argument("--fallback-timeout", type=float, default=10.0,
-                       help="seconds to wait for a piece over TCP before reading it from the store")
-    group.add_argument("--coordinator-host", default="127.0.0.1",
-                       help="address tasks' daemons use to reach the driver")
-
-
-def loop_options_from_args(o: Any, collective: AllReduce | AllGather, **extra: Any) -> "LoopOptions":
-    from .driver import LoopOptions
-
-    if o.resume and not o.checkpoint_uri:
-        raise ConfigurationError("--resume needs --checkpoint-uri (the default store is deleted after each run)")
-    return LoopOptions(collective=collective.name, op=collective.op, max_iterations=o.max_iterations,
-                       speculative=o.speculative, local_nodes=o.local_nodes, fanout=o.fanout,
-                       checkpoint_uri=o.checkpoint_uri, resume=o.resume, fallback_timeout=o.fallback_timeout,
-                       allow_nonfinite=collective.allow_nonfinite, coordinator_host=o.coordinator_host, **extra)
-
-
-def load_initial(path: str | None) -> np.ndarray:
-    if not path:
-        raise ConfigurationError("--initial is required: the loop data of the first iteration (.npy)")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot read --initial {path}: {exc}") from None
 
 
 class _MRJobLauncher:

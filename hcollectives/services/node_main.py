@@ -11,12 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-import trio
-
 from ..errors import ConfigurationError
 from .faults import ENV_VAR as FAULTS_ENV, Faults
-from .node import NodeDaemon
-from .node_session import Timeouts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +41,11 @@ def read_secret(secret_file: Path | None) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
+    import trio  # here, not at import: `hcollectives wrap` builds this parser in every map task
+
+    from .node import NodeDaemon
+    from .node_session import Timeouts
+
     secret = read_secret(args.secret_file)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s node {args.node_id} %(levelname)s %(message)s")
     daemon = NodeDaemon(node=args.node_id, secret=secret, bind_host=args.bind_host,

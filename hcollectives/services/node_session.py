@@ -21,7 +21,6 @@ Everything here runs on the daemon's trio loop; waits are notifications
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -1,0 +1,76 @@
+"""The `hcollectives` command: wrap, run, node, demo, bench, datagen."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import HCollectivesError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..services import node_main
+    from . import wrap as wrap_module
+
+    parser = argparse.ArgumentParser(prog="hcollectives",
+                                     description="MPI-style collectives for Hadoop streaming and mrjob jobs.")
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+
+    wrap = sub.add_parser("wrap", help="run a streaming mapper as a collective map task",
+                          description="Run inside a Hadoop-streaming map task: hcollectives wrap "
+                                      "(--allreduce OP | --allgather) -- CMD ARGS...")
+    wrap_module.add_collective_arguments(wrap)
+    wrap.add_argument("mapper_command", nargs=argparse.REMAINDER, help="-- then the mapper command")
+
+    run = sub.add_parser("run", help="drive the iterations of a streaming mapper",
+                         description="Iterate a streaming mapper with a collective on an mrjob runner. "
+                                     "Unknown options are passed to mrjob (e.g. --num-cores).")
+    from .options import add_run_arguments
+    add_run_arguments(run)
+
+    node = sub.add_parser("node", help="run a node daemon (as a per-node service)")
+    node_main.add_arguments(node)
+
+    demo = sub.add_parser("demo", help="the main job: K-means with and without hcollectives")
+    from . import demo as demo_module
+    demo_module.add_arguments(demo)
+
+    bench = sub.add_parser("bench", help="benchmarks, JSON out")
+    from . import bench as bench_module
+    bench_module.add_arguments(bench)
+
+    datagen = sub.add_parser("datagen", help="generate reproducible inputs")
+    from . import datagen as datagen_module
+    datagen_module.add_arguments(datagen)
+    return parser
+
+
+_COMMANDS = {
+    "wrap": ("wrap", "wrap_main"),
+    "run": ("streaming", "run_main"),
+    "node": ("..services.node_main", "run"),
+    "demo": ("demo", "main"),
+    "bench": ("bench", "main"),
+    "datagen": ("datagen", "main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import importlib
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.subcommand != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.subcommand == "wrap":
+        command = args.mapper_command
+        args.command = command[1:] if command[:1] == ["--"] else command
+    module_name, function = _COMMANDS[args.subcommand]
+    module = importlib.import_module(module_name if module_name.startswith("..") else f".{module_name}",
+                                     package=__package__)
+    entry = getattr(module, function)
+    try:
+        return entry(args, extra) if args.subcommand == "run" else entry(args)
+    except HCollectivesError as exc:
+        print(f"hcollectives {args.subcommand}: error: {exc}", file=sys.stderr)
+        return 1

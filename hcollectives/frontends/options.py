@@ -1,0 +1,64 @@
+"""Loop options shared by MRCollectiveJob scripts and `hcollectives run`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigurationError
+from .collectives import AllGather, AllReduce
+
+if TYPE_CHECKING:  # the driver pulls in trio
+    from .driver import LoopOptions
+
+
+def add_loop_arguments(group: Any) -> None:
+    """Options shared by MRCollectiveJob scripts and `hcollectives run`."""
+    group.add_argument("--initial", help="loop data of the first iteration (.npy)")
+    group.add_argument("--max-iterations", type=int, default=10, help="iterations at most (default 10)")
+    group.add_argument("--result", help="write the final loop data here")
+    group.add_argument("--no-speculative", dest="speculative", action="store_false",
+                       help="submit iteration i+1 only after iteration i is done")
+    group.add_argument("--local-nodes", type=int, default=1,
+                       help="simulate N nodes, each with its own daemon (local runner)")
+    group.add_argument("--fanout", type=int, default=2, help="children per node in the AllReduce tree")
+    group.add_argument("--checkpoint-uri", help="durable store (fsspec URL); default: the job's temp dir")
+    group.add_argument("--resume", action="store_true", help="continue from the last iteration in --checkpoint-uri")
+    group.add_argument("--fallback-timeout", type=float, default=10.0,
+                       help="seconds to wait for a piece over TCP before reading it from the store")
+    group.add_argument("--coordinator-host", default="127.0.0.1",
+                       help="address tasks' daemons use to reach the driver")
+
+
+def loop_options_from_args(o: Any, collective: AllReduce | AllGather, **extra: Any) -> "LoopOptions":
+    from .driver import LoopOptions
+
+    if o.resume and not o.checkpoint_uri:
+        raise ConfigurationError("--resume needs --checkpoint-uri (the default store is deleted after each run)")
+    return LoopOptions(collective=collective.name, op=collective.op, max_iterations=o.max_iterations,
+                       speculative=o.speculative, local_nodes=o.local_nodes, fanout=o.fanout,
+                       checkpoint_uri=o.checkpoint_uri, resume=o.resume, fallback_timeout=o.fallback_timeout,
+                       allow_nonfinite=collective.allow_nonfinite, coordinator_host=o.coordinator_host, **extra)
+
+
+def load_initial(path: str | None) -> np.ndarray:
+    if not path:
+        raise ConfigurationError("--initial is required: the loop data of the first iteration (.npy)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read --initial {path}: {exc}") from None
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-r", "--runner", default="local", help="mrjob runner: local, hadoop, inline (default local)")
+    parser.add_argument("--mapper", required=True, metavar="CMD", help="the streaming mapper command")
+    from .wrap import add_collective_arguments
+
+    add_collective_arguments(parser)
+    add_loop_arguments(parser)
+    parser.add_argument("--python-bin", help="python that runs `hcollectives wrap` in tasks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT")
