@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -26,7 +27,12 @@ def examples_dir() -> Path:
 
 def load_example(name: str) -> ModuleType:
     path = examples_dir() / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"hcollectives_example_{name}", path)
+    module_name = f"hcollectives_example_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
+    # mrjob finds the script its tasks run through the class's module in sys.modules.
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module

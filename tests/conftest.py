@@ -1,0 +1,71 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+MAPPERS = ROOT / "mappers"
+JOBS = Path(__file__).resolve().parent / "jobs"
+
+
+@pytest.fixture(scope="session")
+def kmeans_data(tmp_path_factory):
+    """Small K-means input: 4 split files and initial centroids."""
+    from hcollectives.frontends import datagen
+
+    out = tmp_path_factory.mktemp("kmeans-data")
+    return datagen.kmeans(str(out), points=1200, dims=3, clusters=4, splits=4, seed=1)
+
+
+def kmeans_reference(points: np.ndarray, initial: np.ndarray, iterations: int) -> np.ndarray:
+    """Lloyd's algorithm; an empty cluster keeps its centroid (as the examples do)."""
+    c = np.array(initial, float)
+    for _ in range(iterations):
+        labels = ((points[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
+        new = c.copy()
+        for k in range(len(c)):
+            members = points[labels == k]
+            if len(members):
+                new[k] = members.sum(0) / len(members)
+        c = new
+    return c
+
+
+def daemon_processes() -> list[int]:
+    """PIDs of node daemons (started by tasks) still alive on this machine."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if b"hcollectives.services.node_main" in cmd and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture
+def no_orphan_daemons():
+    """Fail a test that leaves a node daemon behind."""
+    before = set(daemon_processes())
+    yield
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = set(daemon_processes()) - before
+        if not left:
+            return
+        time.sleep(0.1)
+    for pid in left:
+        os.kill(pid, 9)
+    pytest.fail(f"node daemon(s) {sorted(left)} outlived the run")
+
+
+sys.path.insert(0, str(EXAMPLES))

@@ -1,0 +1,36 @@
+"""A collective job that emits one bad record on purpose (tests of error reporting).
+
+--fault nan     value [nan, 1.0] on the 3rd record of task partition 1
+--fault text    value "oops" on that record
+--fault length  value of length 3 where key 0 always has length 2
+--fault none    a correct job: every record emits (0, [x, 1])
+"""
+
+import os
+
+from hcollectives import AllReduce, MRCollectiveJob
+
+
+class MRFaulty(MRCollectiveJob):
+    COLLECTIVE = AllReduce("sum")
+
+    def configure_args(self):
+        super().configure_args()
+        self.add_passthru_arg("--fault", default="none", choices=["none", "nan", "text", "length"])
+
+    def mapper_init(self):
+        self.loop_data()
+        self.n = 0
+        self.bad_task = os.environ.get("mapreduce_task_partition") == "1"
+
+    def mapper(self, _, line):
+        self.n += 1
+        x = float(line.split()[0])
+        if self.bad_task and self.n == 3 and self.options.fault != "none":
+            yield 0, {"nan": [float("nan"), 1.0], "text": "oops", "length": [x, 1.0, 2.0]}[self.options.fault]
+        else:
+            yield 0, [x, 1.0]
+
+
+if __name__ == "__main__":
+    MRFaulty.run()

@@ -1,0 +1,118 @@
+"""End to end: MRCollectiveJob on mrjob's local runner (real tasks, daemons, TCP)."""
+
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import JOBS, kmeans_reference
+from hcollectives import JobFailed
+from hcollectives.frontends import datagen
+from hcollectives.frontends.examples import load_example
+
+pytestmark = pytest.mark.e2e
+
+
+def kmeans_job(data, *extra):
+    module = load_example("kmeans")
+    return module.MRKMeans(args=["-r", "local", "-q", "--initial", data.initial, *extra, *data.inputs])
+
+
+def points(data):
+    return datagen.load_points(data.inputs)
+
+
+@pytest.mark.parametrize("extra", [
+    ("--local-nodes", "1"),
+    ("--local-nodes", "3", "--fanout", "2"),
+    ("--local-nodes", "2", "--no-speculative"),
+], ids=["1-node", "3-nodes", "2-nodes-no-speculative"])
+def test_kmeans_allreduce_matches_numpy(kmeans_data, extra, no_orphan_daemons):
+    out = kmeans_job(kmeans_data, "--max-iterations", "3", "--tolerance", "0", *extra).iterate()
+    expected = kmeans_reference(points(kmeans_data), np.load(kmeans_data.initial), 3)
+    assert out.iterations == 3 and not out.converged
+    assert len(out.timings) == 3 and all(t.seconds > 0 for t in out.timings)
+    np.testing.assert_allclose(out.loop_data, expected, rtol=0, atol=1e-9)
+
+
+def test_kmeans_converges_and_speculative_tasks_exit(kmeans_data, no_orphan_daemons):
+    ref = np.load(kmeans_data.initial)
+    pts = points(kmeans_data)
+    # Iterate the reference until it stops moving, to know when the job must stop.
+    for n in range(1, 30):
+        nxt = kmeans_reference(pts, ref, 1)
+        if np.abs(nxt - ref).max() < 1e-6:
+            break
+        ref = nxt
+    out = kmeans_job(kmeans_data, "--max-iterations", "30").iterate()
+    assert out.converged and out.iterations == n
+    np.testing.assert_allclose(out.loop_data, nxt, atol=1e-9)
+
+
+def test_power_iteration_allgather_matches_numpy(tmp_path, no_orphan_daemons):
+    data = datagen.power(str(tmp_path), n=60, splits=4, seed=3)
+    module = load_example("power_iteration")
+    job = module.MRPowerIteration(args=["-r", "local", "-q", "--initial", data.initial, "--max-iterations", "3",
+                                        "--local-nodes", "2", *data.inputs])
+    out = job.iterate()
+    a = np.concatenate([np.loadtxt(p, ndmin=2) for p in data.inputs])[:, 1:]
+    x = np.load(data.initial)
+    for _ in range(3):
+        y = a @ x
+        x = y / np.linalg.norm(y)
+    np.testing.assert_allclose(out.loop_data, x, rtol=0, atol=1e-9)
+
+
+def test_lost_broadcast_is_read_from_the_store(kmeans_data, monkeypatch, no_orphan_daemons):
+    # The root (local-0) never delivers iteration 2's result to local-1; local-1
+    # must fall back to the result the root wrote to the store.
+    monkeypatch.setenv("HCOLLECTIVES_FAULTS", "drop:result:local-1:2")
+    out = kmeans_job(kmeans_data, "--max-iterations", "3", "--tolerance", "0", "--local-nodes", "2",
+                     "--fallback-timeout", "1").iterate()
+    expected = kmeans_reference(points(kmeans_data), np.load(kmeans_data.initial), 3)
+    np.testing.assert_allclose(out.loop_data, expected, rtol=0, atol=1e-9)
+
+
+def test_resume_continues_a_stopped_run(kmeans_data, tmp_path, no_orphan_daemons):
+    uri = f"file://{tmp_path}/store"
+    first = kmeans_job(kmeans_data, "--max-iterations", "2", "--tolerance", "0", "--checkpoint-uri", uri).iterate()
+    assert first.iterations == 2
+    resumed = kmeans_job(kmeans_data, "--max-iterations", "4", "--tolerance", "0", "--checkpoint-uri", uri,
+                         "--resume").iterate()
+    assert [t.iteration for t in resumed.timings] == [3, 4]
+    expected = kmeans_reference(points(kmeans_data), np.load(kmeans_data.initial), 4)
+    np.testing.assert_allclose(resumed.loop_data, expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("fault, words", [
+    ("nan", ["NaN"]),
+    ("text", ["'oops'", "not numbers"]),
+    ("length", ["length 2", "3"]),
+])
+def test_bad_mapper_output_fails_fast_naming_task_and_record(kmeans_data, fault, words, no_orphan_daemons):
+    sys.path.insert(0, str(JOBS))
+    try:
+        import faulty
+    finally:
+        sys.path.remove(str(JOBS))
+    job = faulty.MRFaulty(args=["-r", "local", "-q", "--initial", kmeans_data.initial, "--max-iterations", "3",
+                                "--fault", fault, *kmeans_data.inputs])
+    t0 = time.monotonic()
+    with pytest.raises(JobFailed) as info:
+        job.iterate()
+    assert time.monotonic() - t0 < 30
+    message = str(info.value)
+    assert "_m_" in message or "task" in message
+    for word in words:
+        assert word in message, message
+    if fault != "length":  # a length clash is found when the second value meets the first
+        assert "input record 3" in message, message
+
+
+def test_wrong_base_usage_is_a_clear_error(kmeans_data):
+    from hcollectives import ConfigurationError
+
+    job = kmeans_job(kmeans_data)
+    with pytest.raises(ConfigurationError, match="map task"):
+        job.loop_data()
