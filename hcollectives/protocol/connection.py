@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import secrets
 
-from ..errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
+from ..errors import AuthenticationError, ConnectionLost, LocalProtocolError, RemoteProtocolError
 from .frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
 from .messages import Auth, Hello, Message, from_frame
 
@@ -81,7 +81,10 @@ class Connection:
         return self._peer_hello.name if self._peer_hello else None
 
     def data_to_send(self) -> list[bytes | memoryview]:
-        """Handshake bytes the connection produced by itself; send these first."""
+        """Handshake bytes the connection produced by itself; send these first.
+
+        Also after a handshake error: our Auth may still be queued, and a peer
+        with the wrong secret should see *our* Auth fail rather than a bare close."""
         out, self._outgoing = self._outgoing, []
         return out
 
@@ -103,6 +106,8 @@ class Connection:
 
     def next_event(self) -> Message | Sentinel:
         """Next event from the peer, NEED_DATA, or CLOSED (clean end of stream)."""
+        if self.state is State.ERROR:  # terminal: a replayed Auth must not revive it
+            raise RemoteProtocolError("the connection already failed")
         try:
             while True:
                 frame = self._decoder.next_frame()
@@ -152,6 +157,8 @@ class Connection:
     # -- sending -----------------------------------------------------------------------
 
     def send(self, event: Message) -> list[bytes | memoryview]:
+        if self.state is State.CLOSED:
+            raise ConnectionLost("the peer closed the connection")
         if self.state is not State.OPEN:
             raise LocalProtocolError(f"cannot send {type(event).__name__} in state {self.state.value}")
         if isinstance(event, (Hello, Auth)):

@@ -44,6 +44,9 @@ MAX_BUFFERS = 16
 # small enough that a corrupt length cannot make us allocate the machine away.
 DEFAULT_MAX_FRAME_BYTES = 1 << 30
 MAX_NDIM = 8
+# No real dimension comes near this; it keeps numpy from being asked for shapes
+# whose element count overflows (possible when another dimension is 0).
+MAX_DIM = 1 << 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +69,15 @@ def _describe(array: np.ndarray) -> list[Any]:
 
 def encode_frame(type_: str, fields: dict[str, Any], buffers: tuple[np.ndarray, ...] = ()) -> list[bytes | memoryview]:
     """Encode one frame as a list of chunks (the big buffers are not copied)."""
-    arrays = [np.ascontiguousarray(b) for b in buffers]
+    # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-D).
+    arrays = [np.require(b, requirements="C") for b in buffers]
     if len(arrays) > MAX_BUFFERS:
         raise LocalProtocolError(f"{len(arrays)} buffers in one frame; the limit is {MAX_BUFFERS}")
-    header = msgpack.packb({"t": type_, "f": fields, "b": [_describe(a) for a in arrays]}, use_bin_type=True)
+    try:
+        header = msgpack.packb({"t": type_, "f": fields, "b": [_describe(a) for a in arrays]},
+                               use_bin_type=True, unicode_errors="strict")
+    except (OverflowError, UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"cannot encode {type_} header: {exc}") from None
     if len(header) > MAX_HEADER_BYTES:
         raise LocalProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
     chunks: list[bytes | memoryview] = [
@@ -83,6 +91,25 @@ def encode_frame(type_: str, fields: dict[str, Any], buffers: tuple[np.ndarray, 
 
 def frame_size(chunks: list[bytes | memoryview]) -> int:
     return sum(len(c) for c in chunks)
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _check_plain(obj: Any, depth: int = 0) -> None:
+    """Headers hold plain data only. msgpack decodes its Timestamp extension
+    itself (ext_hook never sees it), so types are checked after decoding."""
+    if depth > 16:
+        raise RemoteProtocolError("header nested too deeply")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, depth + 1)
+            _check_plain(v, depth + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _check_plain(v, depth + 1)
+    elif not isinstance(obj, _PLAIN):
+        raise RemoteProtocolError(f"header holds a {type(obj).__name__}; only plain data is allowed")
 
 
 class FrameDecoder:
@@ -194,6 +221,7 @@ class FrameDecoder:
             raise
         except Exception as exc:  # msgpack raises several unrelated types
             raise RemoteProtocolError(f"undecodable header: {exc}") from None
+        _check_plain(header)
         if not isinstance(header, dict) or set(header) != {"t", "f", "b"}:
             raise RemoteProtocolError("header must be a map with keys t, f, b")
         if not isinstance(header["t"], str) or not isinstance(header["f"], dict):
@@ -212,18 +240,24 @@ class FrameDecoder:
         if not (isinstance(descriptor, list) and len(descriptor) == 2):
             raise RemoteProtocolError("buffer descriptor must be [dtype, shape]")
         dtype, shape = descriptor
-        if dtype not in DTYPE_ALLOWLIST:
-            raise RemoteProtocolError(f"dtype {dtype!r} is not in the allowlist")
+        if not isinstance(dtype, str) or dtype not in DTYPE_ALLOWLIST:
+            raise RemoteProtocolError(f"dtype {dtype!r:.40} is not in the allowlist")
+        # Each dimension is bounded on its own: with a 0 elsewhere the byte count
+        # is 0 whatever the others say, and numpy refuses absurd shapes by raising.
         if (not isinstance(shape, list) or len(shape) > MAX_NDIM
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
-            raise RemoteProtocolError(f"bad shape {shape!r}")
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_DIM
+                           for s in shape)):
+            raise RemoteProtocolError(f"bad shape {shape!r:.80}")
         dt = np.dtype(dtype)
         count = 1
         for s in shape:
             count *= s
         if count * dt.itemsize != nbytes:
             raise RemoteProtocolError(f"buffer of {nbytes} bytes does not hold shape {shape} of {dtype}")
-        return np.empty(shape, dtype=dt)
+        try:
+            return np.empty(shape, dtype=dt)
+        except (ValueError, MemoryError) as exc:
+            raise RemoteProtocolError(f"cannot allocate shape {shape} of {dtype}: {exc}") from None
 
     def _fill_from_buffer(self) -> None:
         while self._buf and self._index < len(self._arrays):

@@ -9,6 +9,6 @@ RECV_CHUNK = 256 * 1024
 
 def parse_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"address {address!r} is not host:port")
     return host.strip("[]"), int(port)

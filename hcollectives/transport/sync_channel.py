@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import time
 
-from ..errors import CollectiveTimeout, ConnectionLost
+from ..errors import CollectiveTimeout, ConnectionLost, ProtocolError
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
 from ..protocol.messages import Message
 from .common import RECV_CHUNK, parse_address
@@ -22,6 +22,7 @@ class SyncChannel:
         self._sock = sock
         self._conn = conn
         self.label = label
+        self._broken = False
 
     @classmethod
     def connect(cls, address: str, *, role: str, name: str, secret: bytes, timeout: float) -> "SyncChannel":
@@ -47,14 +48,31 @@ class SyncChannel:
             self._send_chunks(self._conn.data_to_send(), deadline, "handshake")
             if self._conn.state is not State.HANDSHAKE:
                 return
-            event = self._conn.next_event()
+            try:
+                event = self._conn.next_event()
+            except ProtocolError:
+                # Send our queued Auth anyway, so the peer learns it failed authentication.
+                try:
+                    self._send_chunks(self._conn.data_to_send(), time.monotonic() + 1.0, "handshake")
+                except (CollectiveTimeout, ConnectionLost):
+                    pass
+                raise
             if event is CLOSED:
                 raise ConnectionLost(f"{self.label} closed the connection during the handshake")
             if event is NEED_DATA and self._conn.state is State.HANDSHAKE and not self._conn.has_outgoing:
                 self._read_some(deadline, "handshake")
 
     def send(self, event: Message, *, timeout: float) -> None:
-        self._send_chunks(self._conn.send(event), time.monotonic() + timeout, f"sending {type(event).__name__}")
+        if self._broken:
+            raise ConnectionLost(f"connection to {self.label} was abandoned after a failed send")
+        completed = False
+        try:
+            self._send_chunks(self._conn.send(event), time.monotonic() + timeout, f"sending {type(event).__name__}")
+            completed = True
+        finally:
+            if not completed:  # half a frame may be on the wire: the stream is unusable
+                self._broken = True
+                self.close()
 
     def receive(self, *, timeout: float) -> Message:
         deadline = time.monotonic() + timeout

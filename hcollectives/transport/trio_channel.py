@@ -31,6 +31,7 @@ class Channel:
         self._sock = stream.socket
         self._conn = conn
         self._send_lock = trio.Lock()  # frames from concurrent senders must not interleave
+        self._broken = False
         self.label = label
 
     @property
@@ -48,21 +49,38 @@ class Channel:
                 await self._flush_own()  # our Hello first, then our Auth once theirs is read
                 if self._conn.state is not State.HANDSHAKE:
                     return
-                event = self._conn.next_event()
+                try:
+                    event = self._conn.next_event()
+                except ProtocolError:
+                    # Their Hello and a bad Auth may arrive in one read: send our
+                    # queued Auth anyway so the peer learns it failed authentication.
+                    with trio.move_on_after(1):
+                        await self._flush_own()
+                    raise
                 if event is CLOSED:
                     raise ConnectionLost(f"{self.label} closed the connection during the handshake")
                 if event is NEED_DATA and self._conn.state is State.HANDSHAKE and not self._conn.has_outgoing:
                     await self._read_some()
 
     async def send(self, event: Message, *, timeout: float = math.inf) -> None:
+        if self._broken:
+            raise ConnectionLost(f"connection to {self.label} was abandoned after a failed send")
         chunks = self._conn.send(event)
         with _deadline(timeout, f"sending {type(event).__name__} to {self.label}"):
             async with self._send_lock:
+                completed = False
                 try:
                     for chunk in chunks:
                         await self._stream.send_all(chunk)
+                    completed = True
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     raise ConnectionLost(f"connection to {self.label} lost while sending: {exc}") from exc
+                finally:
+                    if not completed:
+                        # Part of a frame may be on the wire: anything sent after it
+                        # would be read as its continuation. The stream is unusable.
+                        self._broken = True
+                        await self.aclose()
 
     async def receive(self, *, timeout: float = math.inf) -> Message:
         """Next event; ConnectionLost when the peer closed cleanly."""
@@ -169,7 +187,7 @@ async def serve(listeners: list[trio.SocketListener], handler: Handler, *, role:
         try:
             try:
                 await channel.handshake(handshake_timeout)
-            except (ProtocolError, CollectiveTimeout, ConnectionLost) as exc:
+            except Exception as exc:  # noqa: BLE001 -- no stranger's bytes may take the server down
                 message = f"{name}: rejected connection from {label}: {exc}"
                 log.warning(message)
                 if on_reject is not None:
