@@ -45,6 +45,7 @@ class NodeDaemon:
         self.rejected_connections: list[str] = []
         self._join_lock = trio.Lock()
         self._changed = trio.Event()
+        self._had_session = False  # a task-started daemon exits when its sessions are over
 
     def _notify(self) -> None:
         self._changed.set()
@@ -69,6 +70,8 @@ class NodeDaemon:
             if self.sessions or not self.exit_when_idle:
                 await self._changed.wait()
                 continue
+            if self._had_session and not self._join_lock.locked():
+                return  # the last session ended: exit now, not idle_exit seconds later
             with trio.move_on_after(self.timeouts.idle_exit):
                 while not self.sessions:
                     await self._changed.wait()
@@ -148,6 +151,7 @@ class NodeDaemon:
                 session.nursery = nursery
                 await session.join()
                 self.sessions[session.session] = session
+                self._had_session = True
                 self._notify()
                 task_status.started()
                 await session.ended.wait()

@@ -78,6 +78,9 @@ class NodeSession:
         self.ended = trio.Event()  # coordinator gone: the session is over here
         self._coordinator: Channel | None = None
         self._claims: dict[tuple[int, str, str], m.ClaimResult | None] = {}
+        # Blocks whose claim is in flight: an accepted one is recorded the moment
+        # its ClaimResult is read, before a Seal that may follow in the same read.
+        self._offered: dict[tuple[int, str, str], Block] = {}
         self._peers: dict[str, Channel] = {}
         self._peer_locks: dict[str, trio.Lock] = {}
         self._changed = trio.Event()
@@ -133,7 +136,11 @@ class NodeSession:
                     if state.seal is None:
                         self.nursery.start_soon(self._push_pieces, i)
         elif isinstance(event, m.ClaimResult):
-            self._claims[(event.iteration, event.task, event.attempt)] = event
+            key = (event.iteration, event.task, event.attempt)
+            self._claims[key] = event
+            block = self._offered.pop(key, None)
+            if event.accepted and block is not None:
+                self._accept(event.iteration, event.task, event.attempt, block)
         elif isinstance(event, m.Seal):
             self.spawn(self._run_collective, event)
         elif isinstance(event, m.LoopData):
@@ -244,23 +251,28 @@ class NodeSession:
             self.nursery.start_soon(self._checkpoint, i, task, attempt, event.block)
         key = (i, task, attempt)
         self._claims[key] = None
-        await self.to_coordinator(m.Claim(self.session, i, task, attempt, self.node))
-        deadline = trio.current_time() + self.timeouts.connect
-        while self._claims.get(key) is None:
-            if self.stopped_for(i):
-                return ack(False)
-            try:
-                await self._wait_change(deadline)
-            except CollectiveTimeout:
-                raise CollectiveTimeout(f"coordinator did not answer the claim of {task} within {self.timeouts.connect:g}s") from None
-        accepted = self._claims.pop(key).accepted
-        if accepted:
-            state = self.it(i)
-            state.contributions[task] = (attempt, event.block)
-            if self.info.collective == "allgather":
-                state.gather.add(piece_id(task, attempt), event.block)
-                self.nursery.start_soon(self._push_pieces, i)
-        return ack(accepted)
+        self._offered[key] = event.block
+        try:
+            await self.to_coordinator(m.Claim(self.session, i, task, attempt, self.node))
+            deadline = trio.current_time() + self.timeouts.connect
+            while self._claims.get(key) is None:
+                if self.stopped_for(i):
+                    return ack(False)
+                try:
+                    await self._wait_change(deadline)
+                except CollectiveTimeout:
+                    raise CollectiveTimeout(f"coordinator did not answer the claim of {task} within {self.timeouts.connect:g}s") from None
+        finally:
+            self._offered.pop(key, None)
+        # An accepted block was already recorded (`_accept`) when the answer was read.
+        return ack(self._claims.pop(key).accepted)
+
+    def _accept(self, i: int, task: str, attempt: str, block: Block) -> None:
+        state = self.it(i)
+        state.contributions[task] = (attempt, block)
+        if self.info.collective == "allgather":
+            state.gather.add(piece_id(task, attempt), block)
+            self.nursery.start_soon(self._push_pieces, i)
 
     async def _checkpoint(self, iteration: int, task: str, attempt: str, block: Block) -> None:
         path = st.contribution_path(self.session, iteration, task, attempt)
@@ -410,15 +422,19 @@ class NodeSession:
             log.warning("node %s: partial of rank %d missing after %gs; reading %d pieces from the store",
                         self.node, child, self.info.fallback_timeout, len(pieces))
             blocks = [await self._load_piece(i, t, a) for t, a in pieces]
-            await self._execute(i, state.tree.receive_partial(child, reduce_blocks(blocks, self.info.op)))
+            if child in state.tree.missing_children():  # not delivered over TCP while we read
+                await self._execute(i, state.tree.receive_partial(child, reduce_blocks(blocks, self.info.op)))
         if not state.tree.done:
+            if self.store is None:
+                raise CollectiveTimeout(f"the result of iteration {i} never arrived and there is no store")
             log.warning("node %s: result of iteration %d missing after %gs; reading it from the store",
                         self.node, i, self.info.fallback_timeout)
             path = st.result_path(self.session, i)
             await self._store_wait(path, self.timeouts.collective)
             if not state.tree.done:
                 block = await trio.to_thread.run_sync(self.store.load_block, path)
-                await self._execute(i, state.tree.receive_result(block))
+                if not state.tree.done:  # the parent's copy may have arrived while we read
+                    await self._execute(i, state.tree.receive_result(block))
 
     async def _allgather(self, seal: m.Seal) -> None:
         i, state = seal.iteration, self.it(seal.iteration)

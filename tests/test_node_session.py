@@ -1,0 +1,111 @@
+"""`NodeSession` against a scripted coordinator, over real loopback TCP.
+
+The real coordinator answers a Claim and then broadcasts the Seal in two
+writes; when both land in one read, the daemon handles the Seal in the same
+scheduling step as the ClaimResult. These tests play a coordinator that
+always packs them into one write, so the daemon must not depend on which of
+its tasks trio happens to run first.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import trio
+
+from hcollectives.algorithms.block import Block
+from hcollectives.algorithms.reduction import block_to_matrix
+from hcollectives.protocol import messages as m
+from hcollectives.services.node import NodeDaemon
+from hcollectives.services.node_session import Timeouts
+from hcollectives.services.task import TaskClient, TaskEnv
+from hcollectives.transport.trio_channel import Channel, listener_address, open_listeners, serve
+
+pytestmark = pytest.mark.timeout(60)
+
+SECRET = bytes(range(32))
+TIMEOUTS = Timeouts(connect=5.0, store=5.0, loop_data=10.0, collective=5.0, task_idle=10.0, idle_exit=30.0)
+ROUNDS = 12  # each round would fail with probability 1/2 if the order mattered
+
+
+class ScriptedCoordinator:
+    """Just enough of a coordinator for one node and one task per session."""
+
+    def __init__(self, collective: str) -> None:
+        self.collective = collective
+        self.results: dict[str, Block] = {}
+        self.errors: list[str] = []
+        self.changed = trio.Event()
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await open_listeners("127.0.0.1")
+        task_status.started(listener_address(listeners, "127.0.0.1"))
+        await serve(listeners, self._handle, role="coordinator", name="scripted", secret=SECRET,
+                    handshake_timeout=5)
+
+    async def _handle(self, channel: Channel) -> None:
+        join = await channel.receive(timeout=5)
+        assert isinstance(join, m.NodeJoin)
+        s = join.session
+        op = "sum" if self.collective == "allreduce" else "none"
+        await channel.send(m.SessionInfo(s, self.collective, op, 2, "", 5.0, 1, False, 0), timeout=5)
+        await channel.send(m.Members(s, [join.node], [join.address]), timeout=5)
+        while True:
+            event = await channel.receive()
+            if isinstance(event, m.GetLoopData):
+                await channel.send(m.LoopData(s, event.iteration, np.zeros((1, 2)), False), timeout=5)
+            elif isinstance(event, m.Claim):
+                reply = m.ClaimResult(s, event.iteration, event.task, event.attempt, True)
+                seal = m.Seal(s, event.iteration, [join.node], [join.address],
+                              [[event.task, event.attempt, join.node]])
+                # One write: the daemon reads both frames at once.
+                data = b"".join(bytes(c) for c in channel._conn.send(reply) + channel._conn.send(seal))
+                await channel._stream.send_all(data)
+            elif isinstance(event, m.Result):
+                self.results[s] = event.block
+                self.changed.set()
+            elif isinstance(event, m.NodeError):
+                self.errors.append(event.message)
+                self.changed.set()
+
+
+def one_task(env: TaskEnv, block: Block) -> bool:
+    with TaskClient(env) as client:
+        client.start()
+        client.loop_data(lambda r, p: (p, False))
+        return client.contribute(block)
+
+
+async def _claim_and_seal_in_one_read(collective: str) -> None:
+    coord = ScriptedCoordinator(collective)
+    daemon = NodeDaemon(node="n0", secret=SECRET, timeouts=TIMEOUTS)
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            caddr = await nursery.start(coord.serve)
+            addr = await nursery.start(daemon.run)
+            for k in range(ROUNDS):
+                session = f"s{k}"
+                block = Block.from_matrix((k,), np.array([[1.0, float(k)]]))
+                env = TaskEnv(session, caddr, SECRET, 1, "task_0", "task_0_a0", 1, "n0", "/nonexistent",
+                              addr, "test", 10.0)
+                out: list = []
+                thread = threading.Thread(target=lambda: out.append(one_task(env, block)), daemon=True)
+                thread.start()
+                while session not in coord.results and not coord.errors:
+                    await coord.changed.wait()
+                    coord.changed = trio.Event()
+                assert coord.errors == [], f"round {k}: {coord.errors}"
+                await trio.to_thread.run_sync(thread.join, 10)
+                assert out == [True]
+                if collective == "allreduce":
+                    assert coord.results[session] == block
+                else:
+                    np.testing.assert_array_equal(block_to_matrix(coord.results[session]), [[1.0, float(k)]])
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("collective", ["allreduce", "allgather"])
+def test_own_contribution_counts_when_seal_follows_claim_result_at_once(collective):
+    trio.run(_claim_and_seal_in_one_read, collective)
