@@ -63,9 +63,14 @@ def no_orphan_daemons():
         if not left:
             return
         time.sleep(0.1)
+    logs = []
     for pid in left:
+        try:  # the daemon's log may already be deleted; its open descriptor still reads
+            logs.append(Path(f"/proc/{pid}/fd/2").read_text(errors="replace")[-2000:])
+        except OSError:
+            pass
         os.kill(pid, 9)
-    pytest.fail(f"node daemon(s) {sorted(left)} outlived the run")
+    pytest.fail(f"node daemon(s) {sorted(left)} outlived the run; their logs:\n" + "\n---\n".join(logs))
 
 
 sys.path.insert(0, str(EXAMPLES))

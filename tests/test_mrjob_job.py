@@ -72,6 +72,8 @@ def test_lost_broadcast_is_read_from_the_store(kmeans_data, monkeypatch, no_orph
                      "--fallback-timeout", "1").iterate()
     expected = kmeans_reference(points(kmeans_data), np.load(kmeans_data.initial), 3)
     np.testing.assert_allclose(out.loop_data, expected, rtol=0, atol=1e-9)
+    # ... and it really was the store that delivered it, once, to that node only.
+    assert out.notices == [out.notices[0]] and out.notices[0].startswith("iteration 2: local-1: result missing")
 
 
 def test_resume_continues_a_stopped_run(kmeans_data, tmp_path, no_orphan_daemons):

@@ -591,7 +591,7 @@ def test_lost_result_broadcast_is_read_from_store(tmp_path, caplog, n_nodes, vic
         run(_lost_broadcast, f"file://{tmp_path}/ckpt", n_nodes, victim)
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"dropped result to {victim}" in msg for msg in messages)
-    assert any(msg.startswith(f"node {victim}: result of iteration 1 missing") for msg in messages)
+    assert any(msg.startswith(f"node {victim}: iteration 1: result missing") for msg in messages)
 
 
 async def _arrives_during_store_read(uri: str, lost: str) -> None:
@@ -660,10 +660,10 @@ def test_copy_arriving_during_store_fallback_read_is_not_a_second_one(tmp_path, 
         run(_arrives_during_store_read, f"file://{tmp_path}/ckpt", lost)
     messages = [r.getMessage() for r in caplog.records]
     if lost == "result":
-        assert any(msg.startswith("node n3: result of iteration 1 missing") for msg in messages)
+        assert any(msg.startswith("node n3: iteration 1: result missing") for msg in messages)
     else:
-        assert any(msg.startswith("node n0: partial of rank 1 missing") for msg in messages)
-        assert any(msg.startswith("node n1: partial of rank 3 missing") for msg in messages)
+        assert any(msg.startswith("node n0: iteration 1: partial of rank 1 missing") for msg in messages)
+        assert any(msg.startswith("node n1: iteration 1: partial of rank 3 missing") for msg in messages)
 
 
 async def _lost_broadcast_without_store() -> None:
@@ -707,7 +707,7 @@ def test_lost_allgather_piece_is_read_from_store(tmp_path, caplog):
     # n1's pieces (task_1, task_4) reach the other two nodes only through the store.
     for node in ("n0", "n2"):
         for task in ("task_1", "task_4"):
-            assert any(msg.startswith(f"node {node}: piece {task}/{task}_a0 missing") for msg in messages)
+            assert any(msg.startswith(f"node {node}: iteration 1: piece {task}/{task}_a0 missing") for msg in messages)
 
 
 async def _checkpoints(uri: str) -> None:

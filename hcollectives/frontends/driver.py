@@ -81,6 +81,7 @@ class IterationTiming:
     seconds: float  # from the previous iteration's result (or this job's submission) to this result
     converged: bool
     events: dict[str, float]  # seconds since the run started: submitted, first_task_started, ...
+    notices: tuple[str, ...] = ()  # what daemons reported, e.g. pieces read from the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class LoopResult:
     converged: bool
     timings: list[IterationTiming] = field(default_factory=list)
     result: Block | None = None  # the last iteration's raw collective result
+    notices: list[str] = field(default_factory=list)  # every daemon notice of the run (store fallbacks)
 
     @property
     def mean_iteration_seconds(self) -> float:
@@ -118,6 +120,7 @@ class IterativeDriver:
     def run(self) -> LoopResult:
         tmp = tempfile.mkdtemp(prefix="hcollectives-")
         self.rundir = os.path.join(tmp, "run")
+        os.mkdir(self.rundir)  # tasks treat its absence as "this run is over"
         try:
             return trio.run(self._main, tmp)
         except BaseExceptionGroup as group:
@@ -157,6 +160,7 @@ class IterativeDriver:
                     for done in self._launched.values():
                         await done.wait()
                 nursery.cancel_scope.cancel()
+        result.notices.extend(self._notices())  # late ones too: a fallback may end after the result
         return result
 
     def _starting_point(self, store: st.Store) -> tuple[int, np.ndarray]:
@@ -193,9 +197,10 @@ class IterativeDriver:
             start = previous_result_at if previous_result_at is not None else rec.times["submitted"]
             previous_result_at = rec.times["result"]
             timing = IterationTiming(i, previous_result_at - start, converged,
-                                     {k: v - self.t0 for k, v in rec.times.items()})
+                                     {k: v - self.t0 for k, v in rec.times.items()}, tuple(rec.notices))
             timings.append(timing)
-            self._say(f"iteration {i:4d}  {timing.seconds:8.3f} s  {'converged' if converged else ''}".rstrip())
+            fallbacks = f"({len(rec.notices)} store fallback(s))" if rec.notices else ""
+            self._say(f"iteration {i:4d}  {timing.seconds:8.3f} s  {'converged' if converged else ''} {fallbacks}".rstrip())
             loop_data = new
             if converged or i >= last:
                 self._stopping = True
@@ -209,6 +214,10 @@ class IterativeDriver:
                 await self._launched[i].wait()
             self._launch(i + 1)
             i += 1
+
+    def _notices(self) -> list[str]:
+        return [f"iteration {i}: {text}" for i, rec in sorted(self.coordinator.iterations.items())
+                for text in rec.notices]
 
     async def _speculate(self, i: int) -> None:
         try:

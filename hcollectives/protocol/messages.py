@@ -11,7 +11,7 @@ Who sends what (T = task, D = node daemon, C = coordinator in the driver):
 - T->D TaskStarted, GetLoopData, Contribute, TaskFailed, LoopData (publishing
   a post-processed result); D->T LoopData, PostProcessLease, ContributeAck, Stop
 - D->C NodeJoin, TaskStarted, Claim, TaskFailed, Result (rank 0 only), GetLoopData,
-  NodeError; C->D SessionInfo, Members, ClaimResult, Seal, LoopData, Stop
+  Notice, NodeError; C->D SessionInfo, Members, ClaimResult, Seal, LoopData, Stop
 - D->D Partial (up the tree), Result (down the tree), Piece (AllGather)
 """
 
@@ -317,6 +317,16 @@ class Members(Message):
     session: str
     members: list
     addresses: list
+
+
+@message("notice", session="ident", node="ident", iteration="iteration", message="text")
+class Notice(Message):
+    """Something the user should know but that is not a failure (a store fallback)."""
+
+    session: str
+    node: str
+    iteration: int
+    message: str
 
 
 @message("node_error", session="ident", node="ident", message="text")

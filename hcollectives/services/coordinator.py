@@ -56,6 +56,7 @@ class IterationRecord:
     result: Block | None = None
     loop_data: np.ndarray | None = None  # the INPUT of this iteration
     times: dict[str, float] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # e.g. pieces read from the store
 
     def mark(self, event: str) -> None:
         self.times.setdefault(event, time.perf_counter())
@@ -192,6 +193,8 @@ class Coordinator:
             await self._maybe_seal(event.iteration)
         elif isinstance(event, m.TaskFailed):
             self.abort(f"task {event.task} (attempt {event.attempt}, iteration {event.iteration}) failed: {event.message}")
+        elif isinstance(event, m.Notice):
+            self.record(event.iteration).notices.append(f"{event.node}: {event.message}")
         elif isinstance(event, m.NodeError):
             self.abort(f"node {event.node}: {event.message}")
         elif isinstance(event, m.Result):

@@ -65,18 +65,21 @@ class NodeDaemon:
         log.info("node %s: exiting", self.node)
 
     async def _lifetime(self) -> None:
-        """Return when the daemon should exit (never, for a service)."""
+        """Return when the daemon should exit (never, for a service).
+
+        Every pass either returns or waits for a change: no pass may loop
+        without yielding, or the joins it is waiting for could never finish.
+        """
         while True:
-            if self.sessions or not self.exit_when_idle:
+            if self.sessions or not self.exit_when_idle or self._join_lock.locked():
                 await self._changed.wait()
                 continue
-            if self._had_session and not self._join_lock.locked():
-                return  # the last session ended: exit now, not idle_exit seconds later
-            with trio.move_on_after(self.timeouts.idle_exit):
-                while not self.sessions:
-                    await self._changed.wait()
-            if not self.sessions:
-                return
+            if self._had_session:
+                return  # the last session ended (or could not be joined): exit now
+            with trio.move_on_after(self.timeouts.idle_exit) as idle:
+                await self._changed.wait()
+            if idle.cancelled_caught:
+                return  # nobody came within idle_exit
 
     # -- connections --------------------------------------------------------------------
 
@@ -97,8 +100,8 @@ class NodeDaemon:
         started = await channel.receive(timeout=self.timeouts.connect)
         if not isinstance(started, m.TaskStarted):
             raise ProtocolError(f"a task must start with TaskStarted, not {type(started).__name__}")
-        session = await self._session(started.session, started.coordinator)
         try:
+            session = await self._session(started.session, started.coordinator)
             await session.to_coordinator(started)
             while True:
                 event = await channel.receive(timeout=self.timeouts.task_idle)
@@ -119,7 +122,7 @@ class NodeDaemon:
             reason = f"node {self.node}: {type(exc).__name__}: {exc}"
             with trio.move_on_after(1):
                 try:
-                    await channel.send(m.Stop(session.session, 0, False, reason[: m.MAX_TEXT]))
+                    await channel.send(m.Stop(started.session, 0, False, reason[: m.MAX_TEXT]))
                 except HCollectivesError:
                     pass
             raise
@@ -136,31 +139,48 @@ class NodeDaemon:
     # -- sessions -----------------------------------------------------------------------------
 
     async def _session(self, session_id: str, coordinator: str) -> NodeSession:
-        async with self._join_lock:  # concurrent first tasks must not join twice
-            session = self.sessions.get(session_id)
-            if session is None:
-                session = NodeSession(node=self.node, address=self.address, session=session_id,
-                                      coordinator=coordinator, secret=self._secret,
-                                      timeouts=self.timeouts, faults=self.faults)
-                await self._nursery.start(self._run_session, session)
+        try:
+            async with self._join_lock:  # concurrent first tasks must not join twice
+                session = self.sessions.get(session_id)
+                if session is None:
+                    session = NodeSession(node=self.node, address=self.address, session=session_id,
+                                          coordinator=coordinator, secret=self._secret,
+                                          timeouts=self.timeouts, faults=self.faults)
+                    await self._nursery.start(self._run_session, session)
+        finally:
+            self._notify()  # _lifetime waits for the lock to be free
         return session
 
     async def _run_session(self, session: NodeSession, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        join_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 session.nursery = nursery
-                await session.join()
-                self.sessions[session.session] = session
-                self._had_session = True
-                self._notify()
-                task_status.started()
-                await session.ended.wait()
-                # Checkpoints still being written get a short grace period.
-                with trio.move_on_after(self.timeouts.connect):
-                    await session.drain()
-                nursery.cancel_scope.cancel()
+                try:
+                    await session.join()
+                except (HCollectivesError, trio.TooSlowError, OSError) as exc:
+                    join_error = exc
+                    nursery.cancel_scope.cancel()
+                else:
+                    self.sessions[session.session] = session
+                    self._had_session = True
+                    self._notify()
+                    task_status.started()
+                    await session.ended.wait()
+                    # Checkpoints still being written get a short grace period.
+                    with trio.move_on_after(self.timeouts.connect):
+                        await session.drain()
+                    nursery.cancel_scope.cancel()
         finally:
+            # Also after a failed join: a task-started daemon whose first session
+            # cannot even be joined (its driver is gone) has nothing left to do.
+            self._had_session = True
             await session.close()
             if self.sessions.get(session.session) is session:
                 del self.sessions[session.session]
             self._notify()
+        if join_error is not None:
+            # Raised here, outside the nursery, so the task that asked gets this
+            # error itself and the daemon goes on serving others (e.g. a straggler
+            # task of a run whose driver has already gone).
+            raise HCollectivesError(f"cannot join session {session.session}: {join_error}") from join_error

@@ -419,21 +419,23 @@ class NodeSession:
         for child in state.tree.missing_children():
             nodes = {seal.members[r] for r in tree.subtree(child)}
             pieces = sorted((t, a) for t, a, n in seal.pieces if n in nodes)
-            log.warning("node %s: partial of rank %d missing after %gs; reading %d pieces from the store",
-                        self.node, child, self.info.fallback_timeout, len(pieces))
+            log.warning("node %s: iteration %d: partial of rank %d missing after %gs; trying the store",
+                        self.node, i, child, self.info.fallback_timeout)
             blocks = [await self._load_piece(i, t, a) for t, a in pieces]
             if child in state.tree.missing_children():  # not delivered over TCP while we read
+                await self.notice(i, f"partial of rank {child} missing after {self.info.fallback_timeout:g}s; "
+                                     f"reduced its {len(pieces)} piece(s) from the store")
                 await self._execute(i, state.tree.receive_partial(child, reduce_blocks(blocks, self.info.op)))
         if not state.tree.done:
             if self.store is None:
                 raise CollectiveTimeout(f"the result of iteration {i} never arrived and there is no store")
-            log.warning("node %s: result of iteration %d missing after %gs; reading it from the store",
-                        self.node, i, self.info.fallback_timeout)
             path = st.result_path(self.session, i)
-            await self._store_wait(path, self.timeouts.collective)
-            if not state.tree.done:
+            log.warning("node %s: iteration %d: result missing after %gs; trying the store",
+                        self.node, i, self.info.fallback_timeout)
+            if await self._store_wait(path, self.timeouts.collective, until=lambda: state.tree.done):
                 block = await trio.to_thread.run_sync(self.store.load_block, path)
                 if not state.tree.done:  # the parent's copy may have arrived while we read
+                    await self.notice(i, f"result missing after {self.info.fallback_timeout:g}s; read it from the store")
                     await self._execute(i, state.tree.receive_result(block))
 
     async def _allgather(self, seal: m.Seal) -> None:
@@ -445,9 +447,8 @@ class NodeSession:
                 await self._changed.wait()
         for pid in state.gather.missing():
             task, attempt = pid.split("/")
-            log.warning("node %s: piece %s missing after %gs; reading it from the store",
-                        self.node, pid, self.info.fallback_timeout)
-            state.gather.add(pid, await self._load_piece(i, task, attempt))
+            if state.gather.add(pid, await self._load_piece(i, task, attempt)):
+                await self.notice(i, f"piece {pid} missing after {self.info.fallback_timeout:g}s; read it from the store")
         await self._finish(i, state.gather.result())
 
     async def _load_piece(self, iteration: int, task: str, attempt: str) -> Block:
@@ -457,8 +458,28 @@ class NodeSession:
         await self._store_wait(path, self.timeouts.collective)
         return await trio.to_thread.run_sync(self.store.load_block, path)
 
-    async def _store_wait(self, path: str, timeout: float) -> None:
-        await trio.to_thread.run_sync(self.store.wait_for, path, timeout)
+    async def _store_wait(self, path: str, timeout: float, *, until=None) -> bool:
+        """Wait for *path* in the store; False if *until()* came true first.
+
+        Polling (with backoff) is the only way to watch a remote filesystem; it
+        runs here on the trio loop, so a TCP copy arriving meanwhile ends it.
+        """
+        deadline, delay = trio.current_time() + timeout, 0.02
+        while not await trio.to_thread.run_sync(self.store.exists, path):
+            if until is not None and until():
+                return False
+            if trio.current_time() >= deadline:
+                raise CollectiveTimeout(f"{path} did not appear in the store within {timeout:g}s")
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        return True
+
+    async def notice(self, iteration: int, message: str) -> None:
+        log.warning("node %s: iteration %d: %s", self.node, iteration, message)
+        try:
+            await self.to_coordinator(m.Notice(self.session, self.node, iteration, message[: m.MAX_TEXT]))
+        except HCollectivesError:
+            pass
 
     async def _finish(self, iteration: int, result: Block) -> None:
         state = self.it(iteration)

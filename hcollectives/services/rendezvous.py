@@ -26,7 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..errors import CollectiveTimeout, HCollectivesError
+from ..errors import CollectiveTimeout, HCollectivesError, SessionAborted
 
 LOCAL_NODES_ENV = "HCOLLECTIVES_LOCAL_NODES"
 START_TIMEOUT = 30.0  # a cold Python start plus imports, on a loaded 2-core machine
@@ -68,8 +68,16 @@ def daemon_command(node: str, rendezvous_dir: Path) -> list[str]:
             "--rendezvous", str(rendezvous_dir), "--exit-when-idle"]
 
 
-def find_or_start_daemon(*, rundir: str, node: str, secret: bytes, timeout: float = START_TIMEOUT) -> str:
-    """Return the address of this node's daemon, starting it if there is none."""
+def find_or_start_daemon(*, rundir: str, node: str, secret: bytes, timeout: float = START_TIMEOUT,
+                         rundir_must_exist: bool = False) -> str:
+    """Return the address of this node's daemon, starting it if there is none.
+
+    With *rundir_must_exist* (local runs, where the driver owns the directory),
+    a missing directory means the driver has finished and cleaned up: a
+    straggler task must not resurrect it and start a daemon for a dead run.
+    """
+    if rundir_must_exist and not os.path.isdir(rundir):
+        raise SessionAborted(f"the run directory {rundir} is gone: this run has already ended")
     directory = node_dir(rundir, node)
     directory.mkdir(parents=True, exist_ok=True)
     address_file, pid_file = directory / "address", directory / "pid"

@@ -55,6 +55,7 @@ class TaskEnv:
     node_address: str | None  # a service daemon's address, if the cluster runs one
     input_split: str
     timeout: float
+    rundir_from_driver: bool = False  # the driver made it (local runs) and removes it at the end
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] = os.environ) -> "TaskEnv":
@@ -86,6 +87,7 @@ class TaskEnv:
             num_tasks=int(env.get("mapreduce_job_maps") or -1),
             node=rendezvous.node_identity(env),
             rundir=env.get(ENV_PREFIX + "RUNDIR") or rendezvous.default_rundir(session),
+            rundir_from_driver=bool(env.get(ENV_PREFIX + "RUNDIR")),
             node_address=env.get(ENV_PREFIX + "NODE_ADDRESS") or None,
             input_split=split or "stdin",
             timeout=float(env.get(ENV_PREFIX + "TASK_TIMEOUT") or 3600),
@@ -110,7 +112,7 @@ class TaskClient:
     def start(self) -> None:
         env = self.env
         address = env.node_address or rendezvous.find_or_start_daemon(
-            rundir=env.rundir, node=env.node, secret=env.secret)
+            rundir=env.rundir, node=env.node, secret=env.secret, rundir_must_exist=env.rundir_from_driver)
         self._channel = SyncChannel.connect(address, role="task", name=env.task, secret=env.secret,
                                             timeout=_REQUEST_TIMEOUT)
         self._send(m.TaskStarted(env.session, env.iteration, env.task, env.attempt, env.num_tasks,
