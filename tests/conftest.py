@@ -34,8 +34,8 @@ def kmeans_reference(points: np.ndarray, initial: np.ndarray, iterations: int) -
     return c
 
 
-def daemon_processes() -> list[int]:
-    """PIDs of node daemons (started by tasks) still alive on this machine."""
+def daemon_processes(marker: bytes = b"") -> list[int]:
+    """PIDs of live node daemons on this machine (with *marker* in their environment)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -43,23 +43,32 @@ def daemon_processes() -> list[int]:
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
             state = (proc / "stat").read_text().split(")")[-1].split()[0]
+            env = (proc / "environ").read_bytes().split(b"\0") if marker else []
         except OSError:
             continue
-        if b"hcollectives.services.node_main" in cmd and state != "Z":
+        if b"hcollectives.services.node_main" in cmd and state != "Z" and (not marker or marker in env):
             pids.append(int(proc.name))
     return pids
 
 
 @pytest.fixture
-def no_orphan_daemons():
-    """Fail a test that leaves a node daemon behind."""
-    before = set(daemon_processes())
-    yield
-    import time
+def no_orphan_daemons(monkeypatch):
+    """Fail a test that leaves a node daemon behind.
 
+    Only daemons of this test count: a marker in the environment is inherited
+    by the local runner's tasks and the daemons they start, so another test
+    run on the same machine (a CI check, say) is never mistaken for ours.
+    """
+    import time
+    import uuid
+
+    value = uuid.uuid4().hex
+    monkeypatch.setenv("HCOLLECTIVES_TEST_MARKER", value)
+    marker = f"HCOLLECTIVES_TEST_MARKER={value}".encode()
+    yield
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        left = set(daemon_processes()) - before
+        left = set(daemon_processes(marker))
         if not left:
             return
         time.sleep(0.1)

@@ -112,6 +112,20 @@ def test_bad_mapper_output_fails_fast_naming_task_and_record(kmeans_data, fault,
         assert "input record 3" in message, message
 
 
+def test_hanging_task_hits_the_iteration_timeout_and_is_cleaned_up(kmeans_data, no_orphan_daemons):
+    sys.path.insert(0, str(JOBS))
+    try:
+        import faulty
+    finally:
+        sys.path.remove(str(JOBS))
+    job = faulty.MRFaulty(args=["-r", "local", "-q", "--initial", kmeans_data.initial, "--max-iterations", "2",
+                                "--fault", "hang", "--iteration-timeout", "3", *kmeans_data.inputs])
+    t0 = time.monotonic()
+    with pytest.raises(JobFailed, match="iteration 1 did not finish within --iteration-timeout 3s"):
+        job.iterate()
+    assert time.monotonic() - t0 < 30  # the sleeping task was terminated, not waited for
+
+
 def test_wrong_base_usage_is_a_clear_error(kmeans_data):
     from hcollectives import ConfigurationError
 

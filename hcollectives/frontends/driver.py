@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # After convergence the speculative job's tasks are told to stop at once; this
 # bounds how long we wait for its (now empty) run to wind down.
 DRAIN_TIMEOUT = 120.0
+# After an abort, how long tasks get to notice the Stop before they are terminated.
+ABORT_GRACE = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class LoopOptions:
     checkpoint_uri: str | None = None
     resume: bool = False
     fallback_timeout: float = 10.0
+    iteration_timeout: float = 3600.0  # one iteration, from its job's submission to its result
     allow_nonfinite: bool = False
     coordinator_host: str = "127.0.0.1"
     share_rundir: bool = True  # local runners: tasks meet in the driver's temp dir
@@ -73,6 +76,8 @@ class LoopOptions:
             raise ConfigurationError("--fanout must be at least 1")
         if not self.fallback_timeout > 0:
             raise ConfigurationError("--fallback-timeout must be positive")
+        if not self.iteration_timeout > 0:
+            raise ConfigurationError("--iteration-timeout must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +126,19 @@ class IterativeDriver:
         tmp = tempfile.mkdtemp(prefix="hcollectives-")
         self.rundir = os.path.join(tmp, "run")
         os.mkdir(self.rundir)  # tasks treat its absence as "this run is over"
+        self.session = secrets.token_hex(8)
         try:
             return trio.run(self._main, tmp)
         except BaseExceptionGroup as group:
             raise _first_error(group) from group
         finally:
-            _reap_daemons(self.rundir)
-            shutil.rmtree(tmp, ignore_errors=True)
+            # Daemons exit by themselves once the coordinator is gone; this is the
+            # backstop (on a local run) for anything of this session left behind.
+            _end_session_processes(self.session, grace=5.0)
+            if os.environ.get("HCOLLECTIVES_KEEP_TMP"):
+                print(f"hcollectives: kept {tmp} (daemon logs under run/nodes/)", file=self.stream)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -138,7 +149,7 @@ class IterativeDriver:
         if first > o.max_iterations:
             self._say(f"resume: nothing to do, {first - 1} iteration(s) already ran")
             return LoopResult(loop_data, first - 1, False, [])
-        self.session, self.secret = secrets.token_hex(8), new_secret()
+        self.secret = new_secret()
         config = SessionConfig(self.session, self.secret, o.collective, o.op if o.collective == "allreduce" else "none",
                                o.fanout, store.url, o.fallback_timeout, first, o.allow_nonfinite,
                                bind_host=o.coordinator_host, advertise_host=o.coordinator_host)
@@ -156,9 +167,7 @@ class IterativeDriver:
                 raise JobFailed(str(exc)) from None
             finally:
                 self._stopping = True
-                with trio.move_on_after(DRAIN_TIMEOUT):
-                    for done in self._launched.values():
-                        await done.wait()
+                await self._drain_jobs()
                 nursery.cancel_scope.cancel()
         result.notices.extend(self._notices())  # late ones too: a fallback may end after the result
         return result
@@ -186,7 +195,11 @@ class IterativeDriver:
         while True:
             if o.speculative and i < last:
                 self._nursery.start_soon(self._speculate, i)
-            result = await coord.wait_result(i)
+            try:
+                result = await coord.wait_result(i, timeout=o.iteration_timeout)
+            except trio.TooSlowError:
+                coord.abort(f"iteration {i} did not finish within --iteration-timeout {o.iteration_timeout:g}s")
+                raise SessionAborted(coord.failure) from None
             new = _check_loop_data(await trio.to_thread.run_sync(self.post_process, result, loop_data),
                                    f"post_process of iteration {i}")
             converged = bool(self.converged(loop_data, new))
@@ -214,6 +227,24 @@ class IterativeDriver:
                 await self._launched[i].wait()
             self._launch(i + 1)
             i += 1
+
+    async def _drain_jobs(self) -> None:
+        """Wait for every submitted job to end (its tasks are told to stop).
+
+        After a failure, tasks still inside a mapper will not look at the
+        daemon again; on a local runner they run on this machine, so after a
+        grace period they are terminated rather than waited for.
+        """
+        async def all_done() -> None:
+            for done in self._launched.values():
+                await done.wait()
+
+        if self.coordinator.failure is not None and self.options.share_rundir:
+            with trio.move_on_after(ABORT_GRACE):
+                await all_done()
+            await trio.to_thread.run_sync(_end_session_processes, self.session, 0.0)
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            await all_done()
 
     def _notices(self) -> list[str]:
         return [f"iteration {i}: {text}" for i, rec in sorted(self.coordinator.iterations.items())
@@ -301,32 +332,37 @@ def _check_loop_data(data: object, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _reap_daemons(rundir: str, grace: float = 5.0) -> None:
-    """Local runs: make sure no task-started daemon outlives the driver.
-
-    Daemons exit by themselves once the coordinator is gone; this is the
-    backstop for one that is stuck (or was started by a task after we ended).
-    """
+def _session_processes(session: str) -> list[int]:
+    """Processes of this machine that belong to *session*: its local-runner
+    tasks and the daemons they started (both carry the session in their
+    environment). Stragglers that mrjob orphaned are found too."""
+    marker = f"HCOLLECTIVES_SESSION={session}".encode()
     pids = []
-    for pid_file in Path(rundir).glob("nodes/*/pid"):
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            pids.append(int(pid_file.read_text()))
+            if int(entry.name) != os.getpid() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
         except (OSError, ValueError):
-            pass
-    deadline = time.monotonic() + grace
+            continue
+    return pids
+
+
+def _end_session_processes(session: str, grace: float) -> None:
+    """Give the session's processes *grace* seconds to exit, then SIGTERM, then SIGKILL."""
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        alive = [p for p in pids if _pid_alive(p)]
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_pid_alive(p) for p in _session_processes(session)):
+            time.sleep(0.05)
+        alive = [p for p in _session_processes(session) if _pid_alive(p)]
         if not alive:
             return
         if sig is not None:
-            for p in alive:
+            for pid in alive:
                 try:
-                    os.kill(p, sig)
+                    os.kill(pid, sig)
                 except OSError:
                     pass
-        while time.monotonic() < deadline and any(_pid_alive(p) for p in alive):
-            time.sleep(0.05)
-        deadline = time.monotonic() + 2.0
+        grace = 2.0
 
 
 def _pid_alive(pid: int) -> bool:

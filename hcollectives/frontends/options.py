@@ -28,6 +28,8 @@ def add_loop_arguments(group: Any) -> None:
     group.add_argument("--resume", action="store_true", help="continue from the last iteration in --checkpoint-uri")
     group.add_argument("--fallback-timeout", type=float, default=10.0,
                        help="seconds to wait for a piece over TCP before reading it from the store")
+    group.add_argument("--iteration-timeout", type=float, default=3600.0,
+                       help="fail the run if one iteration takes longer than this many seconds")
     group.add_argument("--coordinator-host", default="127.0.0.1",
                        help="address tasks' daemons use to reach the driver")
 
@@ -40,6 +42,7 @@ def loop_options_from_args(o: Any, collective: AllReduce | AllGather, **extra: A
     return LoopOptions(collective=collective.name, op=collective.op, max_iterations=o.max_iterations,
                        speculative=o.speculative, local_nodes=o.local_nodes, fanout=o.fanout,
                        checkpoint_uri=o.checkpoint_uri, resume=o.resume, fallback_timeout=o.fallback_timeout,
+                       iteration_timeout=o.iteration_timeout,
                        allow_nonfinite=collective.allow_nonfinite, coordinator_host=o.coordinator_host, **extra)
 
 

@@ -163,6 +163,9 @@ class NodeSession:
                 await fn(*args)
             except (HCollectivesError, ValueError, trio.TooSlowError) as exc:
                 await self.report_error(f"{fn.__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 -- a bug here must fail the run, not kill the daemon
+                log.exception("node %s: %s failed", self.node, fn.__name__)
+                await self.report_error(f"{fn.__name__}: internal error {type(exc).__name__}: {exc}")
 
         self.nursery.start_soon(guarded)
 

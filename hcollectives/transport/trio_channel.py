@@ -194,7 +194,10 @@ async def serve(listeners: list[trio.SocketListener], handler: Handler, *, role:
                     on_reject(message)
                 return
             channel.label = f"{channel.peer_role} {channel.peer_name} ({label})"
-            await handler(channel)
+            try:
+                await handler(channel)
+            except Exception:  # noqa: BLE001 -- one connection's failure must not stop the server
+                log.exception("%s: handler for %s failed", name, channel.label)
         finally:
             await channel.aclose()
 

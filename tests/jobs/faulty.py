@@ -3,10 +3,12 @@
 --fault nan     value [nan, 1.0] on the 3rd record of task partition 1
 --fault text    value "oops" on that record
 --fault length  value of length 3 where key 0 always has length 2
+--fault hang    task partition 1 sleeps (for --iteration-timeout tests)
 --fault none    a correct job: every record emits (0, [x, 1])
 """
 
 import os
+import time
 
 from hcollectives import AllReduce, MRCollectiveJob
 
@@ -16,7 +18,7 @@ class MRFaulty(MRCollectiveJob):
 
     def configure_args(self):
         super().configure_args()
-        self.add_passthru_arg("--fault", default="none", choices=["none", "nan", "text", "length"])
+        self.add_passthru_arg("--fault", default="none", choices=["none", "nan", "text", "length", "hang"])
 
     def mapper_init(self):
         self.loop_data()
@@ -26,6 +28,8 @@ class MRFaulty(MRCollectiveJob):
     def mapper(self, _, line):
         self.n += 1
         x = float(line.split()[0])
+        if self.bad_task and self.options.fault == "hang":
+            time.sleep(600)
         if self.bad_task and self.n == 3 and self.options.fault != "none":
             yield 0, {"nan": [float("nan"), 1.0], "text": "oops", "length": [x, 1.0, 2.0]}[self.options.fault]
         else:
