@@ -17,10 +17,10 @@ from .bench import kmeans_variants
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--points", type=int, default=40000)
+    parser.add_argument("--points", type=int, default=20000)
     parser.add_argument("--dims", type=int, default=8)
     parser.add_argument("--clusters", type=int, default=8)
-    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--local-nodes", type=int, default=2)
 
 
