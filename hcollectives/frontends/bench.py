@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -83,7 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
+def quiet_mrjob() -> None:
+    """mrjob warns on every runner that no mrjob.conf exists; in a benchmark or
+    demo that is one noise line per iteration."""
+    logging.getLogger("mrjob").setLevel(logging.ERROR)
+
+
 def main(args: argparse.Namespace) -> int:
+    quiet_mrjob()
     stream = None if args.quiet else sys.stderr
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 from . import datagen
-from .bench import kmeans_variants
+from .bench import kmeans_variants, quiet_mrjob
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    quiet_mrjob()
     with tempfile.TemporaryDirectory(prefix="hcollectives-demo-") as tmp:
         data = datagen.kmeans(tmp, points=args.points, dims=args.dims, clusters=args.clusters, splits=4, seed=0)
         print(f"K-means: {args.points} points x {args.dims} dims, {args.clusters} clusters, "
