@@ -2,6 +2,7 @@
 
     hcollectives datagen kmeans --points 20000 --dims 8 --clusters 8 --splits 4 --out data/
     hcollectives datagen power --n 400 --splits 4 --out data/
+    hcollectives datagen mds --n 1000 --dims 3 --splits 4 --out data/
 """
 
 from __future__ import annotations
@@ -54,6 +55,28 @@ def power(out: str, *, n: int, splits: int = 4, seed: int = 0) -> Dataset:
     return Dataset(inputs, initial)
 
 
+def mds(out: str, *, n: int, dims: int = 3, splits: int = 4, seed: int = 0) -> Dataset:
+    """A distance matrix for SMACOF MDS, rows as ``i d_i0 ... d_i(n-1)``.
+
+    The distances are Euclidean between *n* points drawn around 5 Gaussian
+    centres in 10-D (so a *dims*-D embedding has real work to do); the matrix
+    is exactly symmetric with an exactly zero diagonal. The initial loop data
+    is a seeded random (n x dims) configuration.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=5.0, size=(5, 10))
+    points = centres[rng.integers(len(centres), size=n)] + rng.normal(size=(n, 10))
+    lines = []
+    for start in range(0, n, 256):  # row blocks: never an (n x n x 10) temporary
+        block = points[start:start + 256]
+        delta = np.sqrt(((block[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+        lines += [f"{start + k} " + " ".join(repr(v) for v in row) + "\n" for k, row in enumerate(delta.tolist())]
+    inputs = _write_splits(out, "distances", lines, splits)
+    initial = os.path.join(out, "mds-init.npy")
+    np.save(initial, rng.normal(size=(n, dims)), allow_pickle=False)
+    return Dataset(inputs, initial)
+
+
 def load_points(paths: list[str]) -> np.ndarray:
     return np.concatenate([np.loadtxt(p, ndmin=2) for p in paths])
 
@@ -66,7 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     km.add_argument("--clusters", type=int, default=8)
     pw = sub.add_parser("power", help="a dense symmetric matrix, one row per line")
     pw.add_argument("--n", type=int, default=400)
-    for p in (km, pw):
+    md = sub.add_parser("mds", help="a Euclidean distance matrix for SMACOF MDS, one row per line")
+    md.add_argument("--n", type=int, default=1000, help="number of points (rows)")
+    md.add_argument("--dims", type=int, default=3, help="embedding dimensions (columns of the initial X)")
+    for p in (km, pw, md):
         p.add_argument("--splits", type=int, default=4, help="number of input files")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True, help="output directory")
@@ -76,6 +102,8 @@ def main(args: argparse.Namespace) -> int:
     if args.dataset == "kmeans":
         ds = kmeans(args.out, points=args.points, dims=args.dims, clusters=args.clusters,
                     splits=args.splits, seed=args.seed)
+    elif args.dataset == "mds":
+        ds = mds(args.out, n=args.n, dims=args.dims, splits=args.splits, seed=args.seed)
     else:
         ds = power(args.out, n=args.n, splits=args.splits, seed=args.seed)
     print(f"wrote {len(ds.inputs)} input file(s) and {ds.initial}")

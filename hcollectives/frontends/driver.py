@@ -165,6 +165,11 @@ class IterativeDriver:
                 result = await self._iterate(store, first, loop_data)
             except SessionAborted as exc:
                 raise JobFailed(str(exc)) from None
+            except BaseException as exc:
+                # e.g. the job's own post_process or converged raised in the
+                # driver: tell every daemon, so waiting tasks stop now.
+                coord.abort(f"the driver failed: {type(exc).__name__}: {exc}")
+                raise
             finally:
                 self._stopping = True
                 await self._drain_jobs()

@@ -11,7 +11,7 @@ Who sends what (T = task, D = node daemon, C = coordinator in the driver):
 - T->D TaskStarted, GetLoopData, Contribute, TaskFailed, LoopData (publishing
   a post-processed result); D->T LoopData, PostProcessLease, ContributeAck, Stop
 - D->C NodeJoin, TaskStarted, Claim, TaskFailed, Result (rank 0 only), GetLoopData,
-  Notice, NodeError; C->D SessionInfo, Members, ClaimResult, Seal, LoopData, Stop
+  HasResult, Notice, NodeError; C->D SessionInfo, Members, ClaimResult, Seal, LoopData, Stop
 - D->D Partial (up the tree), Result (down the tree), Piece (AllGather)
 """
 
@@ -317,6 +317,16 @@ class Members(Message):
     session: str
     members: list
     addresses: list
+
+
+@message("has_result", session="ident", node="ident", iteration="iteration")
+class HasResult(Message):
+    """A node holds the iteration's result: the collective is complete there.
+    The coordinator's timing event "all_nodes_have_result" needs every member's."""
+
+    session: str
+    node: str
+    iteration: int
 
 
 @message("notice", session="ident", node="ident", iteration="iteration", message="text")

@@ -57,6 +57,8 @@ class IterationRecord:
     loop_data: np.ndarray | None = None  # the INPUT of this iteration
     times: dict[str, float] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)  # e.g. pieces read from the store
+    members: list[str] = field(default_factory=list)  # nodes in the sealed collective
+    have_result: set[str] = field(default_factory=set)
 
     def mark(self, event: str) -> None:
         self.times.setdefault(event, time.perf_counter())
@@ -193,6 +195,11 @@ class Coordinator:
             await self._maybe_seal(event.iteration)
         elif isinstance(event, m.TaskFailed):
             self.abort(f"task {event.task} (attempt {event.attempt}, iteration {event.iteration}) failed: {event.message}")
+        elif isinstance(event, m.HasResult):
+            rec = self.record(event.iteration)
+            rec.have_result.add(event.node)
+            if rec.members and rec.have_result >= set(rec.members):
+                rec.mark("all_nodes_have_result")
         elif isinstance(event, m.Notice):
             self.record(event.iteration).notices.append(f"{event.node}: {event.message}")
         elif isinstance(event, m.NodeError):
@@ -238,6 +245,7 @@ class Coordinator:
         if missing:
             self.abort(f"iteration {iteration}: node(s) {sorted(missing)} hold contributions but left")
             return
+        rec.members = list(members.members)
         await self._broadcast(m.Seal(self.config.session, iteration, members.members, members.addresses, pieces))
         self._notify()
 

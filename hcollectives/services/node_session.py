@@ -491,6 +491,7 @@ class NodeSession:
         state.result = result
         state.contributions.clear()  # the result supersedes them; free the memory
         self._notify()
+        await self.to_coordinator(m.HasResult(self.session, self.node, iteration))
         if ranks_of(state.seal.members)[self.node] == 0:
             await self.to_coordinator(m.Result(self.session, iteration, result))
             if self.store is not None:
