@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--local-nodes", default="1,2", help="comma-separated simulated node counts")
     parser.add_argument("--num-cores", type=int, default=None, help="mrjob local runner parallelism")
+    parser.add_argument("--collectives", action="store_true",
+                        help="also time AllReduce/AllGather of 1 KiB..64 MiB across 2 and 4 daemons on loopback")
+    parser.add_argument("--skip-kmeans", action="store_true", help="only the collectives micro-benchmark")
     parser.add_argument("--out", help="write the JSON here too")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
@@ -98,6 +101,25 @@ def main(args: argparse.Namespace) -> int:
         "command": "hcollectives bench " + " ".join(sys.argv[2:]),
         "kmeans": {},
     }
+    if args.collectives:
+        from . import collective_bench
+
+        if stream is not None:
+            print("collectives: AllReduce and AllGather across 2 and 4 node daemons on loopback", file=stream)
+        report["collectives"] = collective_bench.run()
+    if args.skip_kmeans:
+        del report["kmeans"]
+    else:
+        _kmeans_section(args, report, stream)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+def _kmeans_section(args: argparse.Namespace, report: dict[str, Any], stream: TextIO | None) -> None:
     with tempfile.TemporaryDirectory(prefix="hcollectives-bench-") as tmp:
         data = datagen.kmeans(tmp, points=args.points, dims=args.dims, clusters=args.clusters,
                               splits=args.splits, seed=0)
@@ -106,9 +128,3 @@ def main(args: argparse.Namespace) -> int:
         for n in [int(x) for x in args.local_nodes.split(",") if x]:
             report["kmeans"][f"local_nodes_{n}"] = kmeans_variants(
                 data, iterations=args.iterations, local_nodes=n, num_cores=args.num_cores, stream=stream)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
-    return 0

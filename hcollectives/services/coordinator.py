@@ -156,7 +156,7 @@ class Coordinator:
         # took them with it; the store still has them, but the tree no longer
         # has that member. Fail loudly rather than compute a wrong answer.
         for i, rec in self.iterations.items():
-            if rec.result is None and any(n == node for _, n in rec.claims.values()):
+            if "result" not in rec.times and any(n == node for _, n in rec.claims.values()):
                 self.abort(f"node daemon {node} disconnected during iteration {i}")
                 return
 
@@ -200,6 +200,7 @@ class Coordinator:
             rec.have_result.add(event.node)
             if rec.members and rec.have_result >= set(rec.members):
                 rec.mark("all_nodes_have_result")
+                self._notify()
         elif isinstance(event, m.Notice):
             self.record(event.iteration).notices.append(f"{event.node}: {event.message}")
         elif isinstance(event, m.NodeError):
@@ -282,6 +283,11 @@ class Coordinator:
 
     async def wait_result(self, iteration: int, timeout: float = math.inf) -> Block:
         return await self._wait_until(lambda: self.record(iteration).result, timeout)
+
+    async def wait_all_have_result(self, iteration: int, timeout: float = math.inf) -> None:
+        """Until every member of the iteration's collective holds its result."""
+        await self._wait_until(lambda: True if "all_nodes_have_result" in self.record(iteration).times else None,
+                               timeout)
 
     def set_loop_data(self, iteration: int, data: np.ndarray) -> None:
         self.record(iteration).loop_data = data

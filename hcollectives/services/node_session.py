@@ -491,12 +491,13 @@ class NodeSession:
         state.result = result
         state.contributions.clear()  # the result supersedes them; free the memory
         self._notify()
-        await self.to_coordinator(m.HasResult(self.session, self.node, iteration))
-        if ranks_of(state.seal.members)[self.node] == 0:
+        is_root = ranks_of(state.seal.members)[self.node] == 0
+        if is_root:  # the result first: whoever sees "everyone has it" can then read it
             await self.to_coordinator(m.Result(self.session, iteration, result))
-            if self.store is not None:
-                path = st.result_path(self.session, iteration)
-                await trio.to_thread.run_sync(self.store.save_block, path, result)
+        await self.to_coordinator(m.HasResult(self.session, self.node, iteration))
+        if is_root and self.store is not None:
+            path = st.result_path(self.session, iteration)
+            await trio.to_thread.run_sync(self.store.save_block, path, result)
 
     # -- lifetime -----------------------------------------------------------------------------
 

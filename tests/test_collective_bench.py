@@ -1,0 +1,18 @@
+"""The collectives micro-benchmark runs real daemons and checks its own answers."""
+
+import pytest
+
+from hcollectives.frontends import collective_bench
+
+
+@pytest.mark.parametrize("kind", ["allreduce", "allgather"])
+def test_small_collective_bench_runs_and_is_correct(kind):
+    out = collective_bench.run(kinds=(kind,), nodes=(2, 3), sizes=(1024, 1 << 16), repeats=1)
+    rows = out["collectives"]
+    assert [(r["nodes"], r["bytes"]) for r in rows] == [(2, 1024), (2, 1 << 16), (3, 1024), (3, 1 << 16)]
+    assert all(0 < r["min_s"] <= r["median_s"] < 30 for r in rows)
+    assert out["loopback_gib_per_s"] > 0
+
+
+def test_loopback_bandwidth_is_measured():
+    assert collective_bench.loopback_bandwidth(8 << 20) > 1e6  # more than 1 MB/s, surely
