@@ -25,3 +25,18 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+
+# --- Hadoop mini-cluster (HDFS + YARN/MR in one JVM; see minicluster/README.md) ---
+.PHONY: minicluster minicluster-stop minicluster-status minicluster-build
+
+minicluster:
+	minicluster/bin/minicluster.sh start
+
+minicluster-stop:
+	minicluster/bin/minicluster.sh stop
+
+minicluster-status:
+	minicluster/bin/minicluster.sh status
+
+minicluster-build:
+	minicluster/bin/minicluster.sh build force

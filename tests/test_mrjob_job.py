@@ -126,6 +126,20 @@ def test_hanging_task_hits_the_iteration_timeout_and_is_cleaned_up(kmeans_data, 
     assert time.monotonic() - t0 < 30  # the sleeping task was terminated, not waited for
 
 
+def test_post_process_failure_stops_the_run_promptly(kmeans_data, no_orphan_daemons):
+    sys.path.insert(0, str(JOBS))
+    try:
+        import faulty
+    finally:
+        sys.path.remove(str(JOBS))
+    job = faulty.MRFaulty(args=["-r", "local", "-q", "--initial", kmeans_data.initial, "--max-iterations", "3",
+                                "--fault", "post", *kmeans_data.inputs])
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="post_process failed on purpose"):
+        job.iterate()
+    assert time.monotonic() - t0 < 60  # waiting tasks of iteration 2 were stopped, not waited for
+
+
 def test_wrong_base_usage_is_a_clear_error(kmeans_data):
     from hcollectives import ConfigurationError
 

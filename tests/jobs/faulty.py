@@ -4,6 +4,7 @@
 --fault text    value "oops" on that record
 --fault length  value of length 3 where key 0 always has length 2
 --fault hang    task partition 1 sleeps (for --iteration-timeout tests)
+--fault post    post_process raises (in the driver and in the node's lease holder)
 --fault none    a correct job: every record emits (0, [x, 1])
 """
 
@@ -18,7 +19,7 @@ class MRFaulty(MRCollectiveJob):
 
     def configure_args(self):
         super().configure_args()
-        self.add_passthru_arg("--fault", default="none", choices=["none", "nan", "text", "length", "hang"])
+        self.add_passthru_arg("--fault", default="none", choices=["none", "nan", "text", "length", "hang", "post"])
 
     def mapper_init(self):
         self.loop_data()
@@ -30,10 +31,16 @@ class MRFaulty(MRCollectiveJob):
         x = float(line.split()[0])
         if self.bad_task and self.options.fault == "hang":
             time.sleep(600)
-        if self.bad_task and self.n == 3 and self.options.fault != "none":
+        if self.bad_task and self.n == 3 and self.options.fault in ("nan", "text", "length"):
             yield 0, {"nan": [float("nan"), 1.0], "text": "oops", "length": [x, 1.0, 2.0]}[self.options.fault]
         else:
             yield 0, [x, 1.0]
+
+
+    def post_process(self, result):
+        if self.options.fault == "post":
+            raise ValueError("post_process failed on purpose")
+        return super().post_process(result)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 package dev.hcollectives.minicluster;
 
-import java.io.File;
 import java.io.FileOutputStream;
 import java.io.IOException;
 import java.io.OutputStream;
@@ -213,6 +212,8 @@ public final class MiniClusterMain {
     mapred.put("mapreduce.reduce.java.opts", "-Xmx384m");
     mapred.put("mapreduce.task.io.sort.mb", "64");
     mapred.put("mapreduce.job.ubertask.enable", "false");
+    // JDK 17: let the NM add the needed --add-opens to MR AM/task JVM command lines.
+    mapred.put("mapreduce.jvm.add-opens-as-default", "true");
     mapred.put("yarn.app.mapreduce.am.scheduler.heartbeat.interval-ms", "200");
     mapred.put("mapreduce.client.progressmonitor.pollinterval", "250");
     mapred.put("mapreduce.shuffle.port", "0");
@@ -242,6 +243,9 @@ public final class MiniClusterMain {
         + ShuffleHandler.MAPREDUCE_SHUFFLE_SERVICEID + ".class", ShuffleHandler.class,
         Service.class);
     conf.set(MiniDFSCluster.HDFS_MINIDFS_BASEDIR, data.resolve("dfs").toString());
+    // Tag every container (and whatever it spawns) so `minicluster.sh stop` can find leftovers.
+    conf.set(YarnConfiguration.NM_ADMIN_USER_ENV,
+        "MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX,MINICLUSTER_TAG=" + home);
 
     log("Hadoop " + VersionInfo.getVersion() + "; home " + home);
 
@@ -439,10 +443,5 @@ public final class MiniClusterMain {
   }
 
   private MiniClusterMain() {
-  }
-
-  @SuppressWarnings("unused")
-  private static File f(Path p) {
-    return p.toFile();
   }
 }
