@@ -55,19 +55,18 @@ def expected(mds_data, delta):
 
 @pytest.fixture(scope="module")
 def sklearn_smacof(mds_data, delta):
-    """scikit-learn's X and raw stress after ITERATIONS Guttman transforms from the same init
-    (None without scikit-learn >= 1.7: the runs are still checked against the numpy reference)."""
-    try:
-        import sklearn
-        from sklearn.manifold import smacof
-    except ImportError:
-        return None
+    """scikit-learn's X and raw stress after ITERATIONS Guttman transforms from the same init.
+
+    scikit-learn >= 1.7 is a test dependency (pyproject's test extras): a
+    missing or older one fails here rather than skipping the comparison."""
+    import sklearn
+    from sklearn.manifold import smacof
+
     # Iteration counting: since sklearn 1.7 each pass does the Guttman transform
     # and *then* computes the stress of the new X, so max_iter=K returns X_K and
     # sigma(X_K), as we do. Before 1.7 the stress was computed first, i.e. the
     # returned stress was sigma(X_{K-1}) while X was X_K: not comparable as is.
-    if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7):
-        return None
+    assert tuple(int(p) for p in sklearn.__version__.split(".")[:2]) >= (1, 7), sklearn.__version__
 
     x0 = np.load(mds_data.initial)
     # eps=0: sklearn stops early only if the stress *rose* (SMACOF never lets it).
@@ -80,9 +79,8 @@ def sklearn_smacof(mds_data, delta):
 def check(x, expected, delta, sklearn_smacof):
     """X after ITERATIONS equals the numpy reference; its stress equals sklearn's."""
     assert_rel_close(x, expected)
-    if sklearn_smacof is not None:
-        stress = load_example("mds").stress(delta, x)
-        assert stress == pytest.approx(sklearn_smacof[1], rel=1e-9, abs=0)
+    stress = load_example("mds").stress(delta, x)
+    assert stress == pytest.approx(sklearn_smacof[1], rel=1e-9, abs=0)
 
 
 def test_datagen_mds_rows_are_a_symmetric_distance_matrix(mds_data, delta):
@@ -95,8 +93,6 @@ def test_datagen_mds_rows_are_a_symmetric_distance_matrix(mds_data, delta):
 
 
 def test_reference_matches_sklearn_and_stress_decreases(mds_data, delta, expected, sklearn_smacof):
-    if sklearn_smacof is None:
-        pytest.skip("needs scikit-learn >= 1.7 (pip install 'scikit-learn>=1.7')")
     stress = load_example("mds").stress
     assert_rel_close(sklearn_smacof[0], expected, rtol=1e-12)
     assert stress(delta, expected) == pytest.approx(sklearn_smacof[1], rel=1e-12, abs=0)

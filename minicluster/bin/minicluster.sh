@@ -33,7 +33,7 @@ running_pid() {  # prints the pid if the cluster JVM from PID_FILE is alive
   local pid; pid="$(cat "$PID_FILE" 2>/dev/null || true)"
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
   # guard against pid reuse: must be our JVM
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "$MAIN_CLASS" || return 1
+  { tr "\0" " " < "/proc/$pid/cmdline"; } 2>/dev/null | grep -F "$MAIN_CLASS" >/dev/null || return 1  # no -q: SIGPIPE + pipefail
   echo "$pid"
 }
 
@@ -50,7 +50,7 @@ tagged_pids() {
   for p in /proc/[0-9]*; do
     p="${p#/proc/}"
     case "$skip" in *" $p "*) continue ;; esac
-    if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qxF "$tag"; then
+    if { tr "\0" "\n" < "/proc/$p/environ"; } 2>/dev/null | grep -xF "$tag" >/dev/null; then
       echo "$p"
     fi
   done
@@ -80,8 +80,10 @@ cmd_build() {
   say "building (mvn; the first build downloads Hadoop jars into ~/.m2) ..."
   local t0=$SECONDS
   # build-classpath writes to a temp file first so an interrupted build is retried next time
+  # (sed: Maven 3.8 -q still emits stray ANSI reset codes)
   mvn -B -q -f "$MC_SRC/pom.xml" package dependency:build-classpath \
-      -Dmdep.outputFile="$MC_CLASSPATH_FILE.tmp" -Dmdep.includeScope=runtime \
+      -Dmdep.outputFile="$MC_CLASSPATH_FILE.tmp" -Dmdep.includeScope=runtime 2>&1 \
+    | sed -u 's/\x1b\[[0-9;]*m//g' \
     || die "maven build failed (see output above)"
   mv "$MC_CLASSPATH_FILE.tmp" "$MC_CLASSPATH_FILE"
   say "build done in $((SECONDS - t0))s"
