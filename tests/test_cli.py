@@ -51,3 +51,13 @@ def test_run_rejects_bad_options_before_starting(tmp_path):
     assert done.returncode == 1 and "--max-iterations must be at least 1" in done.stderr
     done = hc("run", "--mapper", "cat", "--allgather", "--resume", str(tmp_path))
     assert done.returncode == 1 and "--resume needs --checkpoint-uri" in done.stderr
+
+
+def test_run_takes_mrjob_options_after_a_double_dash(tmp_path):
+    # Parsed: inputs are a and b, mrjob gets --num-cores 2; the run then stops at
+    # the first check (bad --max-iterations), before starting anything.
+    done = hc("run", "--mapper", "cat", "--allgather", "--max-iterations", "0", "a", "b", "--", "--num-cores", "2")
+    assert done.returncode == 1 and "--max-iterations must be at least 1" in done.stderr
+    # Without "--", an mrjob option is refused instead of silently eating an input.
+    done = hc("run", "--mapper", "cat", "--allgather", "--num-cores", "2", "a", "b")
+    assert done.returncode == 2 and "unrecognized arguments" in done.stderr

@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="drive the iterations of a streaming mapper",
                          description="Iterate a streaming mapper with a collective on an mrjob runner. "
-                                     "Unknown options are passed to mrjob (e.g. --num-cores).")
+                                     "Options for mrjob itself go after a final `--`, e.g. "
+                                     "`hcollectives run ... points.txt -- --num-cores 2`.")
     from .options import add_run_arguments
     add_run_arguments(run)
 
@@ -58,10 +59,15 @@ _COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     import importlib
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.subcommand != "run":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    extra: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:
+        # `hcollectives run ... INPUT... -- MRJOB OPTIONS`: mrjob's own options go
+        # after "--", so one taking a value (--num-cores 2) is never read as an input.
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    args = parser.parse_args(argv)
     if args.subcommand == "wrap":
         command = args.mapper_command
         args.command = command[1:] if command[:1] == ["--"] else command
