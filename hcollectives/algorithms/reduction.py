@@ -97,6 +97,8 @@ def reduce_blocks(blocks: Sequence[Block] | Iterable[Block], op: str) -> Block:
     if not blocks:
         return Block.empty()
     first = blocks[0]
+    if len(blocks) == 1:
+        return first  # nothing to combine; blocks are treated as read-only, so no copy
     if all(first.same_layout(b) for b in blocks[1:]):
         values = first.values.copy()
         for b in blocks[1:]:

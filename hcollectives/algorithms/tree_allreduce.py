@@ -152,10 +152,10 @@ class TreeAllReduce:
         if self._children:
             # Fixed order: local first, then children by rank -> deterministic bits.
             combined = reduce_blocks([self.local] + [self._partials[c] for c in self._children], self.op)
-        elif self._parent is not None:
-            combined = self.local  # a leaf's partial is its local block; no copy needed
         else:
-            combined = reduce_blocks([self.local], self.op)  # lone root: result must not alias the caller's input
+            # A leaf's partial, or a lone root's result, is its local block: blocks
+            # are read-only everywhere, so sharing it costs nothing and is safe.
+            combined = self.local
         if self._parent is None:
             self._result = combined
             return self._broadcast()
