@@ -249,15 +249,24 @@ public final class MiniClusterMain {
     mapred.put("mapreduce.shuffle.port", "0");
     mapred.put("mapreduce.job.reduce.slowstart.completedmaps", "1.0");
 
-    // -D overrides land in whichever file already has the key (else mapred-site).
+    // -D overrides land in the file that already has the key, else by prefix.
     for (Map.Entry<String, String> e : overrides.entrySet()) {
-      Map<String, String> target = mapred;
-      for (Map<String, String> m : List.of(core, hdfs, yarnSite)) {
-        if (m.containsKey(e.getKey())) {
-          target = m;
-        }
+      String k = e.getKey();
+      Map<String, String> target;
+      if (core.containsKey(k) || hdfs.containsKey(k) || yarnSite.containsKey(k)
+          || mapred.containsKey(k)) {
+        target = core.containsKey(k) ? core : hdfs.containsKey(k) ? hdfs
+            : yarnSite.containsKey(k) ? yarnSite : mapred;
+      } else if (k.startsWith("dfs.")) {
+        target = hdfs;
+      } else if (k.startsWith("yarn.") && !k.startsWith("yarn.app.mapreduce.")) {
+        target = yarnSite;
+      } else if (k.startsWith("mapreduce.") || k.startsWith("yarn.app.mapreduce.")) {
+        target = mapred;
+      } else {
+        target = core;
       }
-      target.put(e.getKey(), e.getValue());
+      target.put(k, e.getValue());
     }
 
     Configuration conf = new YarnConfiguration();
