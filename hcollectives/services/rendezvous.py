@@ -19,7 +19,6 @@ import selectors
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,7 +46,14 @@ def node_identity(env: Mapping[str, str] = os.environ) -> str:
 
 
 def default_rundir(session: str) -> str:
-    return os.path.join(tempfile.gettempdir(), f"hcollectives-{os.getuid()}", _safe(session))
+    """Where a node's tasks meet when the driver gave no directory (cluster runs).
+
+    Not `tempfile.gettempdir()`: YARN points $TMPDIR into each application's
+    (or container's) own directory, and tasks of different iterations -- each
+    its own YARN application -- must find the same daemon on a node.
+    """
+    base = os.environ.get("HCOLLECTIVES_NODE_TMP") or "/tmp"
+    return os.path.join(base, f"hcollectives-{os.getuid()}", _safe(session))
 
 
 def node_dir(rundir: str, node: str) -> Path:
