@@ -19,6 +19,16 @@ def kmeans_job(data, *extra):
     return module.MRKMeans(args=["-r", "local", "-q", "--initial", data.initial, *extra, *data.inputs])
 
 
+def faulty_module():
+    """tests/jobs/faulty.py, imported the way mrjob will run it (as a script by path)."""
+    sys.path.insert(0, str(JOBS))
+    try:
+        import faulty
+    finally:
+        sys.path.remove(str(JOBS))
+    return faulty
+
+
 def points(data):
     return datagen.load_points(data.inputs)
 
@@ -93,11 +103,7 @@ def test_resume_continues_a_stopped_run(kmeans_data, tmp_path, no_orphan_daemons
     ("length", ["length 2", "3"]),
 ])
 def test_bad_mapper_output_fails_fast_naming_task_and_record(kmeans_data, fault, words, no_orphan_daemons):
-    sys.path.insert(0, str(JOBS))
-    try:
-        import faulty
-    finally:
-        sys.path.remove(str(JOBS))
+    faulty = faulty_module()
     job = faulty.MRFaulty(args=["-r", "local", "-q", "--initial", kmeans_data.initial, "--max-iterations", "3",
                                 "--fault", fault, *kmeans_data.inputs])
     t0 = time.monotonic()
@@ -113,11 +119,7 @@ def test_bad_mapper_output_fails_fast_naming_task_and_record(kmeans_data, fault,
 
 
 def test_hanging_task_hits_the_iteration_timeout_and_is_cleaned_up(kmeans_data, no_orphan_daemons):
-    sys.path.insert(0, str(JOBS))
-    try:
-        import faulty
-    finally:
-        sys.path.remove(str(JOBS))
+    faulty = faulty_module()
     job = faulty.MRFaulty(args=["-r", "local", "-q", "--initial", kmeans_data.initial, "--max-iterations", "2",
                                 "--fault", "hang", "--iteration-timeout", "3", *kmeans_data.inputs])
     t0 = time.monotonic()
@@ -127,11 +129,7 @@ def test_hanging_task_hits_the_iteration_timeout_and_is_cleaned_up(kmeans_data, 
 
 
 def test_post_process_failure_stops_the_run_promptly(kmeans_data, no_orphan_daemons):
-    sys.path.insert(0, str(JOBS))
-    try:
-        import faulty
-    finally:
-        sys.path.remove(str(JOBS))
+    faulty = faulty_module()
     job = faulty.MRFaulty(args=["-r", "local", "-q", "--initial", kmeans_data.initial, "--max-iterations", "3",
                                 "--fault", "post", *kmeans_data.inputs])
     t0 = time.monotonic()
