@@ -102,6 +102,16 @@ class LoopResult:
     def mean_iteration_seconds(self) -> float:
         return float(np.mean([t.seconds for t in self.timings])) if self.timings else math.nan
 
+    def summary(self, result_path: str | None = None) -> str:
+        """What a front end prints at the end of a run."""
+        state = "converged" if self.converged else "did not converge"
+        lines = [f"{self.iterations} iteration(s), {state}; mean {self.mean_iteration_seconds:.3f} s per iteration"
+                 + (f"; result in {result_path}" if result_path else "")]
+        if self.notices:
+            lines.append(f"{len(self.notices)} store fallback(s):")
+            lines.extend(f"  {notice}" for notice in self.notices)
+        return "\n".join(lines)
+
 
 class JobLauncher(Protocol):
     def run_iteration(self, iteration: int, env: dict[str, str], report_num_tasks: Callable[[int], None]) -> None:

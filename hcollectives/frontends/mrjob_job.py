@@ -87,9 +87,7 @@ class MRCollectiveJob(MRJob):
         if self.options.result:
             np.save(self.options.result, outcome.loop_data, allow_pickle=False)
         if not self.options.quiet:
-            state = "converged" if outcome.converged else "did not converge"
-            print(f"{outcome.iterations} iteration(s), {state}; mean {outcome.mean_iteration_seconds:.3f} s per iteration"
-                  + (f"; result in {self.options.result}" if self.options.result else ""), file=sys.stderr)
+            print(outcome.summary(self.options.result), file=sys.stderr)
 
     def _runner_class(self):
         return collective_runner_class(self.options.runner or "inline")

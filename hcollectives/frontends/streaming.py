@@ -65,7 +65,5 @@ def run_main(args: argparse.Namespace, mrjob_args: list[str]) -> int:
     if args.result and outcome.result is not None:
         write_result(args.result, collective, outcome.result)
     if not args.quiet:
-        state = "converged" if outcome.converged else "did not converge"
-        print(f"{outcome.iterations} iteration(s), {state}; mean {outcome.mean_iteration_seconds:.3f} s per iteration"
-              + (f"; result in {args.result}" if args.result else ""), file=sys.stderr)
+        print(outcome.summary(args.result), file=sys.stderr)
     return 0
