@@ -95,6 +95,11 @@ def test_resume_continues_a_stopped_run(kmeans_data, tmp_path, no_orphan_daemons
     assert [t.iteration for t in resumed.timings] == [3, 4]
     expected = kmeans_reference(points(kmeans_data), np.load(kmeans_data.initial), 4)
     np.testing.assert_allclose(resumed.loop_data, expected, rtol=0, atol=1e-9)
+    # Resuming a finished run does nothing and says so.
+    again = kmeans_job(kmeans_data, "--max-iterations", "4", "--tolerance", "0", "--checkpoint-uri", uri,
+                       "--resume").iterate()
+    assert again.iterations == 4 and again.timings == [] and not again.converged
+    np.testing.assert_array_equal(again.loop_data, resumed.loop_data)
 
 
 @pytest.mark.parametrize("fault, words", [

@@ -155,10 +155,11 @@ class IterativeDriver:
     async def _main(self, tmp: str) -> LoopResult:
         o = self.options
         store = st.Store(o.checkpoint_uri or st.default_checkpoint_uri(tmp))
-        first, loop_data = await trio.to_thread.run_sync(self._starting_point, store)
-        if first > o.max_iterations:
-            self._say(f"resume: nothing to do, {first - 1} iteration(s) already ran")
-            return LoopResult(loop_data, first - 1, False, [])
+        first, loop_data, converged = await trio.to_thread.run_sync(self._starting_point, store)
+        if converged or first > o.max_iterations:
+            state = "converged" if converged else f"reached --max-iterations {o.max_iterations}"
+            self._say(f"resume: nothing to do, the run in {store.url} already {state}")
+            return LoopResult(loop_data, first - 1, converged, [])
         self.secret = new_secret()
         config = SessionConfig(self.session, self.secret, o.collective, o.op if o.collective == "allreduce" else "none",
                                o.fanout, store.url, o.fallback_timeout, first, o.allow_nonfinite,
@@ -187,18 +188,18 @@ class IterativeDriver:
         result.notices.extend(self._notices())  # late ones too: a fallback may end after the result
         return result
 
-    def _starting_point(self, store: st.Store) -> tuple[int, np.ndarray]:
+    def _starting_point(self, store: st.Store) -> tuple[int, np.ndarray, bool]:
+        """(first iteration to run, its loop data, whether the stored run already converged)."""
         if self.options.resume:
             latest = st.latest_loop_iteration(store)
             if latest is not None:
                 state = store.load_json(st.run_state_path()) if store.exists(st.run_state_path()) else {}
                 data = store.load_array(st.loop_data_path(latest))
-                if state.get("converged"):
-                    return self.options.max_iterations + 1, data
-                self._say(f"resume: continuing at iteration {latest} from {store.url}")
-                return latest, data
+                if not state.get("converged"):
+                    self._say(f"resume: continuing at iteration {latest} from {store.url}")
+                return latest, data, bool(state.get("converged"))
         store.save_array(st.loop_data_path(1), self.initial)
-        return 1, self.initial
+        return 1, self.initial, False
 
     async def _iterate(self, store: st.Store, first: int, loop_data: np.ndarray) -> LoopResult:
         o, coord = self.options, self.coordinator
