@@ -35,6 +35,8 @@ from ..algorithms.reduction import check_op
 from ..errors import ConfigurationError, HCollectivesError, JobFailed, SessionAborted
 from ..protocol.connection import new_secret
 from ..services.coordinator import Coordinator, SessionConfig
+from ..services.node_main import read_secret
+from ..transport.common import parse_address
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class LoopOptions:
     iteration_timeout: float = 3600.0  # one iteration, from its job's submission to its result
     allow_nonfinite: bool = False
     coordinator_host: str = "127.0.0.1"
+    node_service: str | None = None  # tasks use this node service (same address on every host)
+    secret_file: str | None = None  # the node services' secret; read by tasks from their own node
+    temporary_store: str | None = None  # base URL of the default store when --checkpoint-uri is not given
     share_rundir: bool = True  # local runners: tasks meet in the driver's temp dir
     progress: bool = True
     extra_env: tuple[tuple[str, str], ...] = ()
@@ -78,6 +83,14 @@ class LoopOptions:
             raise ConfigurationError("--fallback-timeout must be positive")
         if not self.iteration_timeout > 0:
             raise ConfigurationError("--iteration-timeout must be positive")
+        if self.node_service and not self.secret_file:
+            raise ConfigurationError("--node-service needs --secret-file: the service was started with its own "
+                                     "secret, and tasks must prove they know it")
+        if self.node_service:
+            try:
+                parse_address(self.node_service)
+            except ValueError as exc:
+                raise ConfigurationError(f"--node-service: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +167,26 @@ class IterativeDriver:
 
     async def _main(self, tmp: str) -> LoopResult:
         o = self.options
-        store = st.Store(o.checkpoint_uri or st.default_checkpoint_uri(tmp))
+        if o.checkpoint_uri:
+            return await self._run_with_store(st.Store(o.checkpoint_uri))
+        if not o.temporary_store:
+            return await self._run_with_store(st.Store(st.default_checkpoint_uri(tmp)))
+        # Cluster runs: a store every node can reach, removed after the run like the temp dir.
+        base = st.Store(o.temporary_store)
+        try:
+            return await self._run_with_store(st.Store(f"{base.url.rstrip('/')}/{self.session}"))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(base.remove_tree, self.session)
+
+    async def _run_with_store(self, store: st.Store) -> LoopResult:
+        o = self.options
         first, loop_data, converged = await trio.to_thread.run_sync(self._starting_point, store)
         if converged or first > o.max_iterations:
             state = "converged" if converged else f"reached --max-iterations {o.max_iterations}"
             self._say(f"resume: nothing to do, the run in {store.url} already {state}")
             return LoopResult(loop_data, first - 1, converged, [])
-        self.secret = new_secret()
+        self.secret = read_secret(Path(o.secret_file)) if o.secret_file else new_secret()
         config = SessionConfig(self.session, self.secret, o.collective, o.op if o.collective == "allreduce" else "none",
                                o.fanout, store.url, o.fallback_timeout, first, o.allow_nonfinite,
                                bind_host=o.coordinator_host, advertise_host=o.coordinator_host)
@@ -306,10 +332,15 @@ class IterativeDriver:
         env = {
             "HCOLLECTIVES_SESSION": self.session,
             "HCOLLECTIVES_COORDINATOR": self.coordinator.address,
-            "HCOLLECTIVES_SECRET": self.secret.hex(),
             "HCOLLECTIVES_ITERATION": str(i),
             "HCOLLECTIVES_LOCAL_NODES": str(o.local_nodes),
         }
+        if o.secret_file:  # tasks read it on their node; it stays out of the job's configuration
+            env["HCOLLECTIVES_SECRET_FILE"] = o.secret_file
+        else:
+            env["HCOLLECTIVES_SECRET"] = self.secret.hex()
+        if o.node_service:
+            env["HCOLLECTIVES_NODE_ADDRESS"] = o.node_service
         if o.share_rundir:
             env["HCOLLECTIVES_RUNDIR"] = self.rundir
         env.update(o.extra_env)

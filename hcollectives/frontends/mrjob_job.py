@@ -20,7 +20,7 @@ from mrjob.runner import _runner_class
 from mrjob.step import MRStep
 
 from ..algorithms.block import Block
-from ..errors import ConfigurationError, HCollectivesError
+from ..errors import ConfigurationError, HCollectivesError, JobFailed
 from ..services.task import ENV_PREFIX, TaskEnv
 from .collectives import AllGather, AllReduce, default_post_process
 from .map_task import MapTask, run_task
@@ -61,8 +61,8 @@ class MRCollectiveJob(MRJob):
 
     def loop_options(self) -> "LoopOptions":
         o = self.options
-        return loop_options_from_args(o, self.COLLECTIVE, progress=not o.quiet,
-                                      share_rundir=(o.runner or "inline") in ("local", "inline"))
+        return loop_options_from_args(o, self.COLLECTIVE, runner=o.runner or "inline", progress=not o.quiet,
+                                      hadoop_tmp_dir=getattr(o, "hadoop_tmp_dir", None))
 
     # -- driver ---------------------------------------------------------------------------------
 
@@ -171,7 +171,13 @@ class _MRJobLauncher:
         runner = self.job._runner_class()(**kwargs)
         runner.hc_report_num_tasks = report_num_tasks
         with runner:
-            runner.run()
+            try:
+                runner.run()
+            except Exception as exc:
+                cause = getattr(runner, "hc_cause", None)
+                if not cause:
+                    raise
+                raise JobFailed(f"{exc}\n  probable cause, from the failed task's stderr: {cause}") from exc
 
 
 _RUNNER_CLASSES: dict[str, type] = {}
@@ -194,7 +200,43 @@ def collective_runner_class(alias: str) -> type:
                 report(len(map_splits))
             return base._run_mappers_and_combiners(self, step_num, map_splits)
 
-        attrs = {"_run_mappers_and_combiners": _run_mappers_and_combiners} if hasattr(
-            base, "_run_mappers_and_combiners") else {}
+        def _log_cause_of_error(self, ex):  # local runners: the task's stderr names the cause
+            base._log_cause_of_error(self, ex)
+            self.hc_cause = _task_stderr_cause(self, ex)
+
+        def _pick_error(self, log_interpretation, step_type):  # Hadoop: from the task logs
+            error = base._pick_error(self, log_interpretation, step_type)
+            self.hc_cause = _error_message(error)
+            return error
+
+        attrs = {}
+        if hasattr(base, "_run_mappers_and_combiners"):
+            attrs["_run_mappers_and_combiners"] = _run_mappers_and_combiners
+        if hasattr(base, "_log_cause_of_error"):
+            attrs["_log_cause_of_error"] = _log_cause_of_error
+        if hasattr(base, "_pick_error"):
+            attrs["_pick_error"] = _pick_error
         _RUNNER_CLASSES[alias] = type(f"Collective{base.__name__}", (base,), attrs)
     return _RUNNER_CLASSES[alias]
+
+
+def _error_message(error: dict | None) -> str | None:
+    """The last line of the exception in an mrjob error dict (what the task raised)."""
+    for part in ("task_error", "hadoop_error", "spark_error"):
+        message = ((error or {}).get(part) or {}).get("message")
+        if message:
+            lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+            return lines[-1][:500] if lines else None
+    return None
+
+
+def _task_stderr_cause(runner: Any, ex: BaseException) -> str | None:
+    from mrjob.logs.task import _parse_task_stderr
+
+    if not all(hasattr(ex, a) for a in ("task_type", "step_num", "task_num")):
+        return None
+    try:
+        with open(runner._task_stderr_path(ex.task_type, ex.step_num, ex.task_num)) as stderr:
+            return _error_message({"task_error": _parse_task_stderr(stderr)})
+    except OSError:
+        return None

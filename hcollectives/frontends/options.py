@@ -32,18 +32,32 @@ def add_loop_arguments(group: Any) -> None:
                        help="fail the run if one iteration takes longer than this many seconds")
     group.add_argument("--coordinator-host", default="127.0.0.1",
                        help="address tasks' daemons use to reach the driver")
+    group.add_argument("--node-service", metavar="HOST:PORT",
+                       help="tasks use the `hcollectives node` service at this address on their own host "
+                            "instead of starting a daemon (clusters whose container executor kills what a "
+                            "task leaves behind); needs --secret-file")
+    group.add_argument("--secret-file", metavar="PATH",
+                       help="hex secret shared with the node services; the file must exist at this path "
+                            "on every node (tasks read it there: it never travels in the job's configuration)")
 
 
-def loop_options_from_args(o: Any, collective: AllReduce | AllGather, **extra: Any) -> "LoopOptions":
+def loop_options_from_args(o: Any, collective: AllReduce | AllGather, *, runner: str,
+                           hadoop_tmp_dir: str | None = None, **extra: Any) -> "LoopOptions":
+    """LoopOptions for a run on mrjob's *runner* (local/inline runs share the driver's temp dir)."""
     from .driver import LoopOptions
+    from .hadoop_conf import temporary_store_base
 
     if o.resume and not o.checkpoint_uri:
         raise ConfigurationError("--resume needs --checkpoint-uri (the default store is deleted after each run)")
+    if runner == "hadoop" and not o.checkpoint_uri:
+        extra["temporary_store"] = temporary_store_base(tmp_dir=hadoop_tmp_dir)
+    extra["share_rundir"] = runner in ("local", "inline")
     return LoopOptions(collective=collective.name, op=collective.op, max_iterations=o.max_iterations,
                        speculative=o.speculative, local_nodes=o.local_nodes, fanout=o.fanout,
                        checkpoint_uri=o.checkpoint_uri, resume=o.resume, fallback_timeout=o.fallback_timeout,
                        iteration_timeout=o.iteration_timeout,
-                       allow_nonfinite=collective.allow_nonfinite, coordinator_host=o.coordinator_host, **extra)
+                       allow_nonfinite=collective.allow_nonfinite, coordinator_host=o.coordinator_host,
+                       node_service=o.node_service, secret_file=o.secret_file, **extra)
 
 
 def load_initial(path: str | None) -> np.ndarray:

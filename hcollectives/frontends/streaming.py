@@ -52,8 +52,8 @@ def run_main(args: argparse.Namespace, mrjob_args: list[str]) -> int:
     python_bin = args.python_bin or (sys.executable if runner in ("local", "inline") else "python3")
     job = StreamingCollectiveJob(args=["-r", runner, "--hc-mapper-command", wrap_command(args, python_bin),
                                        *(["-q"] if args.quiet else []), *mrjob_args, *args.inputs])
-    options = loop_options_from_args(args, collective, progress=not args.quiet,
-                                     share_rundir=runner in ("local", "inline"))
+    options = loop_options_from_args(args, collective, runner=runner, progress=not args.quiet,
+                                     hadoop_tmp_dir=getattr(job.options, "hadoop_tmp_dir", None))
     initial = load_initial(args.initial) if args.initial else np.zeros((0,))
     driver = IterativeDriver(options, _MRJobLauncher(job), post_process=post, converged=post.converged,
                              initial=initial)

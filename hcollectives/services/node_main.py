@@ -30,13 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_secret(secret_file: Path | None) -> bytes:
-    raw = secret_file.read_text().strip() if secret_file else os.environ.get("HCOLLECTIVES_SECRET", "")
+    """The node secret from *secret_file*, else from $HCOLLECTIVES_SECRET (hex, >= 16 bytes)."""
+    where = f"secret file {secret_file}" if secret_file else "$HCOLLECTIVES_SECRET"
+    try:
+        raw = secret_file.read_text().strip() if secret_file else os.environ.get("HCOLLECTIVES_SECRET", "")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the {where}: {exc.strerror or exc}") from None
     try:
         secret = bytes.fromhex(raw)
     except ValueError:
-        raise ConfigurationError("the node secret must be hex") from None
+        raise ConfigurationError(f"the {where} does not hold a hex secret") from None
     if len(secret) < 16:
-        raise ConfigurationError("no node secret: pass --secret-file or set $HCOLLECTIVES_SECRET (>= 16 bytes, hex)")
+        raise ConfigurationError(f"no usable node secret in the {where}: it needs >= 16 bytes, hex "
+                                 "(pass --secret-file or set $HCOLLECTIVES_SECRET)")
     return secret
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -67,7 +68,7 @@ class TaskEnv:
 
         session = need("SESSION")
         try:
-            secret = bytes.fromhex(need("SECRET"))
+            secret = _secret(env, need)
             iteration = int(need("ITERATION"))
         except ValueError as exc:
             raise ConfigurationError(f"malformed hcollectives task environment: {exc}") from None
@@ -95,6 +96,18 @@ class TaskEnv:
 
     def describe(self) -> str:
         return f"task {self.task} (attempt {self.attempt}, iteration {self.iteration}, input {self.input_split})"
+
+
+def _secret(env: Mapping[str, str], need: Callable[[str], str]) -> bytes:
+    path = env.get(ENV_PREFIX + "SECRET_FILE")
+    if not path:
+        return bytes.fromhex(need("SECRET"))
+    from .node_main import read_secret  # light: no trio until a daemon runs
+
+    try:
+        return read_secret(Path(path))
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"on node {rendezvous.node_identity(env)}: {exc}") from None
 
 
 # (result of iteration-1, loop data of iteration-1) -> (loop data of iteration, converged?)

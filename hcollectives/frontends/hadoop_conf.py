@@ -1,0 +1,59 @@
+"""What the driver reads from the Hadoop client configuration.
+
+On ``-r hadoop`` the default store must be somewhere every node can reach:
+under the job's HDFS temp directory, as mrjob's own files are
+(``hdfs:///user/<user>/tmp/mrjob/...``), here ``.../tmp/hcollectives/<session>``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+
+from ..errors import ConfigurationError
+
+
+def _conf_dirs(env: Mapping[str, str]) -> list[str]:
+    dirs = []
+    if env.get("HADOOP_CONF_DIR"):
+        dirs.append(env["HADOOP_CONF_DIR"])
+    for home in ("HADOOP_HOME", "HADOOP_PREFIX", "HADOOP_INSTALL"):
+        if env.get(home):
+            dirs.append(os.path.join(env[home], "etc", "hadoop"))
+    return dirs
+
+
+def default_fs(env: Mapping[str, str] = os.environ) -> str | None:
+    """fs.defaultFS from the first core-site.xml found (None if none names it)."""
+    for directory in _conf_dirs(env):
+        path = os.path.join(directory, "core-site.xml")
+        if not os.path.exists(path):
+            continue
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError as exc:
+            raise ConfigurationError(f"cannot parse {path}: {exc}") from None
+        for prop in root.iter("property"):
+            if (prop.findtext("name") or "").strip() in ("fs.defaultFS", "fs.default.name"):
+                return (prop.findtext("value") or "").strip() or None
+    return None
+
+
+def temporary_store_base(env: Mapping[str, str] = os.environ, tmp_dir: str | None = None) -> str | None:
+    """Base URL of the per-run store on a Hadoop cluster, or None if HDFS is not the default FS.
+
+    *tmp_dir* is mrjob's --hadoop-tmp-dir if the user set one (absolute
+    ``hdfs://`` URL, or a path relative to the user's HDFS home, as mrjob reads it).
+    """
+    fs = default_fs(env)
+    if not fs or not fs.startswith(("hdfs://", "viewfs://")):
+        return None
+    fs = fs.rstrip("/")
+    if tmp_dir and "://" in tmp_dir:
+        return tmp_dir.rstrip("/") + "/hcollectives"
+    user = env.get("HADOOP_USER_NAME") or getpass.getuser()
+    if tmp_dir and tmp_dir.startswith("/"):
+        return f"{fs}{tmp_dir.rstrip('/')}/hcollectives"
+    return f"{fs}/user/{user}/{(tmp_dir or 'tmp').strip('/')}/hcollectives"
