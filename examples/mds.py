@@ -61,8 +61,12 @@ class MRMDS(MRCollectiveJob):
     def mapper_init(self):
         self.x = self.loop_data()
 
-    def mapper(self, _, line):
-        row = np.array(line.split(), float)
+    def parse_input(self, line):
+        # Loop-invariant: each machine parses a split once; later iterations'
+        # tasks get these rows from its cache (memory-mapped, read-only).
+        return np.array(line.split(), float)
+
+    def mapper(self, _, row):  # row: parse_input's result for one input line
         i = int(row[0])
         if len(row) - 1 != len(self.x):
             raise ConfigurationError(f"row {i} has {len(row) - 1} distances but X has {len(self.x)} rows")

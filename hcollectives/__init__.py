@@ -10,6 +10,7 @@ streaming and mrjob jobs.
 
 from .errors import (
     AuthenticationError,
+    BadInputRecord,
     BadMapperOutput,
     CollectiveTimeout,
     ConfigurationError,
@@ -46,6 +47,7 @@ __all__ = [
     "AllGather",
     "AllReduce",
     "AuthenticationError",
+    "BadInputRecord",
     "BadMapperOutput",
     "CollectiveTimeout",
     "ConfigurationError",

@@ -47,6 +47,13 @@ class BadMapperOutput(HCollectivesError, ValueError):
     """
 
 
+class BadInputRecord(BadMapperOutput):
+    """An input record that the job's parse_input could not turn into one row of numbers.
+
+    A subclass of BadMapperOutput on purpose: deterministic, so a retry would
+    fail the same way and the whole run is stopped at once."""
+
+
 class ShapeMismatch(BadMapperOutput):
     """Values for one key have different lengths (across records or tasks)."""
 

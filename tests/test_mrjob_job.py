@@ -149,3 +149,91 @@ def test_wrong_base_usage_is_a_clear_error(kmeans_data):
     job = kmeans_job(kmeans_data)
     with pytest.raises(ConfigurationError, match="map task"):
         job.loop_data()
+
+
+# -- loop-invariant input: parse_input and the per-machine split cache ---------------------------
+
+def parsed_sum_job(tmp_path, monkeypatch, *extra, lines=40, splits=4):
+    sys.path.insert(0, str(JOBS))
+    try:
+        import parsed_sum
+    finally:
+        sys.path.remove(str(JOBS))
+    rng = np.random.default_rng(5)
+    rows = rng.integers(0, 100, size=(lines * splits, 3)).astype(float)
+    rows[:, 0] = np.arange(len(rows))  # record k's first number is k
+    inputs = []
+    for s in range(splits):
+        path = tmp_path / f"part-{s}.txt"
+        body = "\n".join(" ".join(str(v) for v in r) for r in rows[s * lines:(s + 1) * lines])
+        path.write_text(body + "\n\n")  # a blank line: parse_input returns None for it
+        inputs.append(str(path))
+    np.save(tmp_path / "init.npy", np.zeros(3))
+    log = tmp_path / "parse.log"
+    monkeypatch.setenv("PARSE_LOG", str(log))
+    job = parsed_sum.MRParsedSum(args=["-r", "local", "-q", "--initial", str(tmp_path / "init.npy"),
+                                       *extra, *inputs])
+    return job, rows, log
+
+
+def parse_calls(log):
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_parse_input_runs_once_per_split_and_later_iterations_use_the_cache(tmp_path, monkeypatch,
+                                                                            no_orphan_daemons):
+    job, rows, log = parsed_sum_job(tmp_path, monkeypatch, "--max-iterations", "3", "--no-speculative",
+                                    "--local-nodes", "2")
+    out = job.iterate()
+    np.testing.assert_allclose(out.loop_data, rows.sum(0), rtol=0, atol=1e-9)
+    assert parse_calls(log) == len(rows) + 4  # every line (and each split's blank line) parsed once, in all
+
+
+def test_no_input_cache_parses_every_iteration(tmp_path, monkeypatch, no_orphan_daemons):
+    job, rows, log = parsed_sum_job(tmp_path, monkeypatch, "--max-iterations", "3", "--no-input-cache")
+    out = job.iterate()
+    np.testing.assert_allclose(out.loop_data, rows.sum(0), rtol=0, atol=1e-9)
+    assert parse_calls(log) == 3 * (len(rows) + 4)
+
+
+def test_parse_input_failure_stops_the_run_naming_split_and_record(tmp_path, monkeypatch, no_orphan_daemons):
+    bad = 45  # split 1, its 6th line
+    job, rows, _ = parsed_sum_job(tmp_path, monkeypatch, "--max-iterations", "2", "--bad-record", str(bad))
+    t0 = time.monotonic()
+    with pytest.raises(JobFailed) as info:
+        job.iterate()
+    assert time.monotonic() - t0 < 60
+    message = str(info.value)
+    assert "parse_input failed on input record" in message and "unparseable on purpose" in message
+    assert f"part-{bad // 40}.txt" in message and f"record {bad % 40 + 1} " in message
+
+
+def test_cached_split_is_parsed_again_when_its_content_changes(tmp_path):
+    import io
+    from types import SimpleNamespace
+
+    from mrjob.protocol import RawValueProtocol
+
+    from hcollectives.frontends.mrjob_job import parsed_input
+    from hcollectives.services.task import TaskEnv
+
+    calls = []
+
+    class Job:
+        options = SimpleNamespace(args=[])
+
+        def parse_input(self, line):
+            calls.append(line)
+            return [float(v) for v in line.split()]
+
+    env = TaskEnv(session="s", coordinator="x:1", secret=b"k" * 16, iteration=1, task="t", attempt="a",
+                  num_tasks=1, node="n", rundir=str(tmp_path), node_address=None, input_split="f:0+12",
+                  timeout=10.0)
+    read = RawValueProtocol().read
+    job = Job()
+    for content, parsed in ((b"1 2\n3 4\n", 2), (b"1 2\n3 4\n", 0), (b"1 2\n3 5\n", 2)):
+        job.stdin = io.BytesIO(content)
+        before = len(calls)
+        rows = parsed_input(job, env, read)
+        assert len(calls) - before == parsed
+        np.testing.assert_array_equal(rows, np.loadtxt(io.BytesIO(content), ndmin=2))

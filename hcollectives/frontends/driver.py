@@ -63,6 +63,7 @@ class LoopOptions:
     coordinator_host: str = "127.0.0.1"
     node_service: str | None = None  # tasks use this node service (same address on every host)
     secret_file: str | None = None  # the node services' secret; read by tasks from their own node
+    input_cache: bool = True  # tasks of jobs with parse_input reuse their machine's parsed splits
     temporary_store: str | None = None  # base URL of the default store when --checkpoint-uri is not given
     share_rundir: bool = True  # local runners: tasks meet in the driver's temp dir
     progress: bool = True
@@ -341,6 +342,8 @@ class IterativeDriver:
             env["HCOLLECTIVES_SECRET"] = self.secret.hex()
         if o.node_service:
             env["HCOLLECTIVES_NODE_ADDRESS"] = o.node_service
+        if not o.input_cache:
+            env["HCOLLECTIVES_INPUT_CACHE"] = "0"
         if o.share_rundir:
             env["HCOLLECTIVES_RUNDIR"] = self.rundir
         env.update(o.extra_env)

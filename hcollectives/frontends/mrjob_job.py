@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from mrjob.runner import _runner_class
 from mrjob.step import MRStep
 
 from ..algorithms.block import Block
-from ..errors import ConfigurationError, HCollectivesError, JobFailed
+from ..errors import BadInputRecord, ConfigurationError, HCollectivesError, JobFailed
 from ..services.task import ENV_PREFIX, TaskEnv
 from .collectives import AllGather, AllReduce, default_post_process
 from .map_task import MapTask, run_task
@@ -49,6 +49,13 @@ class MRCollectiveJob(MRJob):
 
     def converged(self, previous: np.ndarray, current: np.ndarray) -> bool:
         return False
+
+    #: Optional loop-invariant parsing: define ``parse_input(self, line)`` returning
+    #: one row of numbers (or None to skip the line), and ``mapper(self, _, row)``
+    #: then receives that row instead of the line. Each machine parses a split
+    #: once; later iterations' tasks memory-map the parsed rows (read-only)
+    #: instead of parsing again (``--no-input-cache`` turns that off).
+    parse_input: Callable[[str], Any] | None = None
 
     # -- options ---------------------------------------------------------------------------
 
@@ -131,7 +138,17 @@ class MRCollectiveJob(MRJob):
         env = TaskEnv.from_environ()
         self._hc_task = MapTask(env, self.COLLECTIVE)
         self._hc_loop_data = None
-        run_task(self._hc_task, lambda: super(MRCollectiveJob, self).run_mapper(step_num))
+        if self.parse_input is None:
+            run_task(self._hc_task, lambda: super(MRCollectiveJob, self).run_mapper(step_num))
+        else:
+            run_task(self._hc_task, lambda: self._hc_run_parsed_mapper(step_num))
+
+    def _hc_run_parsed_mapper(self, step_num: int) -> None:
+        """run_mapper for jobs with parse_input: the mapper sees parsed rows, cached per machine."""
+        read, _ = self.pick_protocols(step_num, "mapper")
+        rows = parsed_input(self, self._hc_task.env, read)
+        for _ in self.map_pairs(((None, row) for row in rows), step_num=step_num):
+            pass  # a collective's mapper writes nothing to Hadoop
 
     def _hc_mapper_init(self):
         user = _user_method(self, "mapper_init")
@@ -240,3 +257,61 @@ def _task_stderr_cause(runner: Any, ex: BaseException) -> str | None:
             return _error_message({"task_error": _parse_task_stderr(stderr)})
     except OSError:
         return None
+
+
+def parsed_input(job: MRCollectiveJob, env: TaskEnv, read: Callable) -> np.ndarray:
+    """This task's input split as rows of numbers (one per kept line), from the cache if it can.
+
+    The split is identified by Hadoop's (file, start, length); its content
+    digest is checked too, so a changed file is parsed again.
+    """
+    from ..services.split_cache import DIRECTORY_NAME, SplitCache, read_all
+
+    if not env.input_cache or env.input_split == "stdin" or job.options.args:
+        return _parse_lines(job, env, job._read_input(), read)
+    data, content = read_all(job.stdin)
+    cache = SplitCache(os.path.join(env.rundir, DIRECTORY_NAME))
+    parser = _parser_identity(job)
+    rows = cache.load(env.input_split, parser, content)
+    if rows is None:
+        lines = data.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()  # the newline that ends the last line
+        rows = _parse_lines(job, env, lines, read)
+        cache.save(env.input_split, parser, content, rows)
+    return rows
+
+
+def _parse_lines(job: MRCollectiveJob, env: TaskEnv, lines: Iterable[bytes], read: Callable) -> np.ndarray:
+    rows: list[np.ndarray] = []
+    for number, line in enumerate(lines, 1):
+        _, value = read(line.rstrip(b"\r\n"))
+        try:
+            parsed = job.parse_input(value)
+            if parsed is None:
+                continue
+            row = np.asarray(parsed, dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001 -- the user's parser failed on this record: say where
+            raise BadInputRecord(f"{env.describe()}: parse_input failed on input record {number} "
+                                 f"({value!r:.120}): {type(exc).__name__}: {exc}") from None
+        if row.ndim != 1 or (rows and len(row) != len(rows[0])):
+            expected = f"{len(rows[0])} numbers like the records before it" if rows else "one row of numbers"
+            raise BadInputRecord(f"{env.describe()}: parse_input returned shape {row.shape} for input record "
+                                 f"{number} ({value!r:.120}); expected {expected}")
+        rows.append(row)
+    out = np.stack(rows) if rows else np.empty((0, 0))
+    out.setflags(write=False)  # as read-only as the cached copy later iterations get
+    return out
+
+
+def _parser_identity(job: MRCollectiveJob) -> str:
+    """Names the parsing code, so a changed parser never reads another's cache entries."""
+    import hashlib
+    import inspect
+
+    cls = type(job)
+    try:
+        source = inspect.getsource(cls.parse_input)
+    except (OSError, TypeError):
+        source = ""
+    return f"{cls.__module__}.{cls.__qualname__}:{hashlib.sha256(source.encode()).hexdigest()[:16]}"

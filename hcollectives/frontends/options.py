@@ -32,6 +32,9 @@ def add_loop_arguments(group: Any) -> None:
                        help="fail the run if one iteration takes longer than this many seconds")
     group.add_argument("--coordinator-host", default="127.0.0.1",
                        help="address tasks' daemons use to reach the driver")
+    group.add_argument("--no-input-cache", dest="input_cache", action="store_false",
+                       help="parse every split in every iteration (jobs with parse_input), "
+                            "instead of reusing each machine's parsed copy")
     group.add_argument("--node-service", metavar="HOST:PORT",
                        help="tasks use the `hcollectives node` service at this address on their own host "
                             "instead of starting a daemon (clusters whose container executor kills what a "
@@ -57,7 +60,8 @@ def loop_options_from_args(o: Any, collective: AllReduce | AllGather, *, runner:
                        checkpoint_uri=o.checkpoint_uri, resume=o.resume, fallback_timeout=o.fallback_timeout,
                        iteration_timeout=o.iteration_timeout,
                        allow_nonfinite=collective.allow_nonfinite, coordinator_host=o.coordinator_host,
-                       node_service=o.node_service, secret_file=o.secret_file, **extra)
+                       node_service=o.node_service, secret_file=o.secret_file,
+                       input_cache=getattr(o, "input_cache", True), **extra)
 
 
 def load_initial(path: str | None) -> np.ndarray:

@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         trio.run(main)
     finally:
         _withdraw(args.rendezvous)
+        if args.exit_when_idle and args.rendezvous is not None:
+            _remove_session_files(args.rendezvous.parent.parent)
     return 0
 
 
@@ -96,6 +98,26 @@ def _withdraw(rendezvous: Path | None) -> None:
             (rendezvous / "pid").unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def _remove_session_files(rundir: Path) -> None:
+    """A task-started daemon's session is over: remove what it left on this machine.
+
+    The parsed-split cache can be large, so it goes; the daemon's log (and
+    its lock file) stay for whoever debugs the run, and only directories left
+    empty are removed.
+    """
+    import shutil
+
+    from .split_cache import DIRECTORY_NAME
+
+    shutil.rmtree(rundir / DIRECTORY_NAME, ignore_errors=True)
+    nodes = rundir / "nodes"
+    for directory in [*(nodes.iterdir() if nodes.is_dir() else ()), nodes, rundir]:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not empty (another daemon's files, logs) or already gone
 
 
 def main(argv: list[str] | None = None) -> int:

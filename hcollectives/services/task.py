@@ -57,6 +57,7 @@ class TaskEnv:
     input_split: str
     timeout: float
     rundir_from_driver: bool = False  # the driver made it (local runs) and removes it at the end
+    input_cache: bool = True  # reuse this machine's parsed copy of the split (jobs with parse_input)
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] = os.environ) -> "TaskEnv":
@@ -92,6 +93,7 @@ class TaskEnv:
             node_address=env.get(ENV_PREFIX + "NODE_ADDRESS") or None,
             input_split=split or "stdin",
             timeout=float(env.get(ENV_PREFIX + "TASK_TIMEOUT") or 3600),
+            input_cache=env.get(ENV_PREFIX + "INPUT_CACHE", "1") != "0",
         )
 
     def describe(self) -> str:
