@@ -115,11 +115,62 @@ def test_collective_allgather_matches_reference(mds_data, delta, expected, sklea
 @e2e
 def test_vanilla_mrjob_matches_reference(mds_data, delta, expected, sklearn_smacof):
     vanilla = load_example("mds_vanilla")
+    assert len(mds_data.inputs) >= 2  # >= 2 map tasks: the combiners' records meet in the reducer
     x, iterations, converged, times = vanilla.iterate(["-r", "local", "-q", *mds_data.inputs],
                                                       np.load(mds_data.initial), ITERATIONS,
                                                       tolerance=0.0, stream=None)
     assert iterations == ITERATIONS and not converged and len(times) == ITERATIONS
     check(x, expected, delta, sklearn_smacof)
+
+
+@e2e
+def test_vanilla_step_combines_every_map_task_in_one_reducer(mds_data, delta, tmp_path):
+    """One iteration's job: one output record, the whole X_new, assembled from every map task's combiner."""
+    vanilla = load_example("mds_vanilla")
+    x0 = np.load(mds_data.initial)
+    np.save(tmp_path / "x.npy", x0)
+    job = vanilla.MRMDSStep(args=["-r", "local", "-q", "--x", str(tmp_path / "x.npy"), *mds_data.inputs])
+    with job.make_runner() as runner:
+        runner.run()
+        records = list(job.parse_output(runner.cat_output()))
+        counters = runner.counters()
+    assert [key for key, _ in records] == ["X"]
+    assert_rel_close(records[0][1], smacof_reference(delta, x0, 1))
+    # One record per map task reached the reducer (the combiner ran), and each input file is at least one task.
+    assert counters[0]["mds_vanilla"]["reducer input records"] >= len(mds_data.inputs) >= 2
+
+
+def test_vanilla_assemble_names_missing_duplicated_and_stray_rows():
+    assemble = load_example("mds_vanilla").assemble
+    rows = [[i, [float(i), -float(i)]] for i in range(5)]
+    assert np.array_equal(assemble(rows[::-1], 5), [[i, -i] for i in range(5)])
+    with pytest.raises(ValueError, match=r"missing row\(s\) \[1, 3\]"):
+        assemble([rows[0], rows[2], rows[4]], 5)
+    with pytest.raises(ValueError, match=r"duplicated row\(s\) \[2\]"):
+        assemble(rows + [rows[2]], 5)
+    with pytest.raises(ValueError, match=r"missing row\(s\) \[4\].*outside 0..4: \[7\]"):
+        assemble(rows[:4] + [[7, [0.0, 0.0]]], 5)
+    with pytest.raises(ValueError, match=r"missing row\(s\) \[0, 1, .*\(30 in all\)"):
+        assemble([], 30)
+
+
+@e2e
+def test_vanilla_mrjob_fails_naming_a_missing_row(mds_data, tmp_path, caplog):
+    from mrjob.step import StepFailedException
+
+    vanilla = load_example("mds_vanilla")
+    missing = 17
+    inputs = []
+    for k, path in enumerate(mds_data.inputs):  # the same splits, without row 17
+        lines = open(path).read().splitlines(keepends=True)
+        inputs.append(tmp_path / f"distances-{k}.txt")
+        inputs[-1].write_text("".join(line for line in lines if line.split(None, 1)[0] != str(missing)))
+    assert sum(len(p.read_text().splitlines()) for p in inputs) == 79
+    with caplog.at_level("ERROR"), pytest.raises(StepFailedException):
+        vanilla.iterate(["-r", "local", "-q", *map(str, inputs)], np.load(mds_data.initial), 1,
+                        tolerance=0.0, stream=None)
+    # The reducer's error, as mrjob reports a failed task ("Probable cause of failure").
+    assert f"missing row(s) [{missing}]" in caplog.text
 
 
 @e2e
