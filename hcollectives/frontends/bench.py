@@ -1,14 +1,15 @@
 """`hcollectives bench`: side-by-side measurements, JSON out.
 
-Every variant runs on the same generated data, from the same initial
-centroids, for the same number of iterations (convergence is switched off
-with ``--tolerance 0`` so every variant does the same work), one after the
-other in one process, so their ratios are comparable on a noisy machine.
+Applications (K-means, MDS): plain mrjob (one MapReduce job per iteration,
+examples/*_vanilla.py) against hcollectives (examples/kmeans.py, mds.py),
+same data, same initial loop data, same iterations (convergence off), one
+after the other in this process, on mrjob's local runner with 1..4 simulated
+nodes or on the Hadoop mini-cluster (`--runner hadoop`), with the paper's
+per-iteration breakdown (see breakdown.py).
 
-K-means per-iteration time on mrjob's local runner:
-- ``vanilla``: plain mrjob, one MapReduce job per iteration (examples/kmeans_vanilla.py)
-- ``hcollectives``: Map-AllReduce with speculative scheduling (examples/kmeans.py)
-- ``hcollectives_no_speculative``: the same with ``--no-speculative``
+Collectives (`--collectives`): AllReduce / AllGather of 1 KiB..64 MiB across
+2 and 4 node daemons on loopback, the loopback bandwidth, and Open MPI
+through mpi4py (same process counts and sizes), in the same run.
 """
 
 from __future__ import annotations
@@ -18,71 +19,37 @@ import json
 import logging
 import os
 import platform
-import statistics
+import shlex
 import sys
 import tempfile
-import time
 from typing import Any, TextIO
 
-import numpy as np
-
+from ..errors import ConfigurationError
 from . import datagen
-from .examples import load_example
+from .comparison import compare
 
-
-def _summary(per_iteration: list[float]) -> dict[str, Any]:
-    steady = per_iteration[1:] or per_iteration  # the first iteration also pays the first job's start-up
-    return {
-        "per_iteration_s": [round(t, 4) for t in per_iteration],
-        "mean_s": round(statistics.fmean(per_iteration), 4),
-        "steady_mean_s": round(statistics.fmean(steady), 4),
-        "steady_median_s": round(statistics.median(steady), 4),
-    }
-
-
-def kmeans_variants(data: datagen.Dataset, *, iterations: int, local_nodes: int, num_cores: int | None,
-                    stream: TextIO | None) -> dict[str, Any]:
-    """Run K-means vanilla / speculative / non-speculative on *data*; per-iteration times."""
-    collective = load_example("kmeans")
-    vanilla = load_example("kmeans_vanilla")
-    runner = ["-r", "local"] + (["--num-cores", str(num_cores)] if num_cores else [])
-    out: dict[str, Any] = {}
-
-    def say(line: str) -> None:
-        if stream is not None:
-            print(line, file=stream, flush=True)
-
-    say(f"K-means, vanilla mrjob, {iterations} iterations")
-    t0 = time.perf_counter()
-    centroids, _, _, times = vanilla.iterate([*runner, *data.inputs], np.load(data.initial),
-                                             iterations, tolerance=0.0, stream=stream)
-    out["vanilla"] = _summary(times) | {"wall_s": round(time.perf_counter() - t0, 3)}
-    for name, extra in (("hcollectives", []), ("hcollectives_no_speculative", ["--no-speculative"])):
-        say(f"K-means, {name.replace('_', ' ')}, {local_nodes} simulated node(s), {iterations} iterations")
-        t0 = time.perf_counter()
-        job = collective.MRKMeans(args=[*runner, "--initial", data.initial, "--max-iterations", str(iterations),
-                                        "--tolerance", "0", "--local-nodes", str(local_nodes), *extra,
-                                        *data.inputs])
-        outcome = job.iterate()
-        out[name] = _summary([t.seconds for t in outcome.timings]) | {"wall_s": round(time.perf_counter() - t0, 3)}
-        out[name]["max_abs_diff_vs_vanilla"] = float(np.abs(outcome.loop_data - centroids).max())
-    base = out["vanilla"]["steady_median_s"]
-    out["speedup_steady_median"] = {k: round(base / out[k]["steady_median_s"], 3)
-                                    for k in ("hcollectives", "hcollectives_no_speculative")}
-    return out
+# Which hcollectives variants each application is measured in, besides plain mrjob.
+APP_WAYS = {
+    "kmeans": ["vanilla", "hcollectives", "no_speculative"],
+    "mds": ["vanilla", "hcollectives", "no_speculative", "no_input_cache"],
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--points", type=int, default=20000)
-    parser.add_argument("--dims", type=int, default=8)
-    parser.add_argument("--clusters", type=int, default=8)
-    parser.add_argument("--splits", type=int, default=4)
+    parser.add_argument("--apps", default="kmeans,mds", help="comma-separated: kmeans, mds (default both)")
+    parser.add_argument("--runner", choices=["local", "hadoop"], default="local",
+                        help="mrjob runner; hadoop needs a cluster (make minicluster; . .minicluster/env.sh)")
+    parser.add_argument("--local-nodes", default="1,2,4", help="comma-separated simulated node counts (local runner)")
     parser.add_argument("--iterations", type=int, default=6)
-    parser.add_argument("--local-nodes", default="1,2", help="comma-separated simulated node counts")
+    parser.add_argument("--points", type=int, default=20000, help="K-means points")
+    parser.add_argument("--dims", type=int, default=8, help="K-means dimensions")
+    parser.add_argument("--clusters", type=int, default=8, help="K-means clusters")
+    parser.add_argument("--mds-n", type=int, default=1000, help="MDS points (the distance matrix is N x N)")
+    parser.add_argument("--splits", type=int, default=4, help="input files = map tasks per iteration")
     parser.add_argument("--num-cores", type=int, default=None, help="mrjob local runner parallelism")
     parser.add_argument("--collectives", action="store_true",
-                        help="also time AllReduce/AllGather of 1 KiB..64 MiB across 2 and 4 daemons on loopback")
-    parser.add_argument("--skip-kmeans", action="store_true", help="only the collectives micro-benchmark")
+                        help="also time AllReduce/AllGather across 2 and 4 daemons, loopback and Open MPI")
+    parser.add_argument("--skip-apps", action="store_true", help="only the collectives micro-benchmark")
     parser.add_argument("--out", help="write the JSON here too")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
@@ -93,24 +60,43 @@ def quiet_mrjob() -> None:
     logging.getLogger("mrjob").setLevel(logging.ERROR)
 
 
+def runner_args(runner: str, num_cores: int | None = None) -> list[str]:
+    if runner == "hadoop":
+        hadoop = os.environ.get("MRJOB_HADOOP_ARGS")
+        if not hadoop:
+            raise ConfigurationError("--runner hadoop needs $MRJOB_HADOOP_ARGS: start the mini-cluster "
+                                     "(make minicluster) and source .minicluster/env.sh")
+        return shlex.split(hadoop)
+    return ["-r", "local"] + (["--num-cores", str(num_cores)] if num_cores else [])
+
+
+def make_data(app: str, directory: str, args: argparse.Namespace) -> tuple[datagen.Dataset, dict[str, Any]]:
+    if app == "kmeans":
+        data = datagen.kmeans(directory, points=args.points, dims=args.dims, clusters=args.clusters,
+                              splits=args.splits, seed=0)
+        return data, {"points": args.points, "dims": args.dims, "clusters": args.clusters, "splits": args.splits}
+    data = datagen.mds(directory, n=args.mds_n, splits=args.splits, seed=0)
+    return data, {"n": args.mds_n, "dims": 3, "splits": args.splits}
+
+
 def main(args: argparse.Namespace) -> int:
     quiet_mrjob()
     stream = None if args.quiet else sys.stderr
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "command": "hcollectives bench " + " ".join(sys.argv[2:]),
-        "kmeans": {},
     }
-    if args.collectives:
-        from . import collective_bench
-
-        if stream is not None:
-            print("collectives: AllReduce and AllGather across 2 and 4 node daemons on loopback", file=stream)
-        report["collectives"] = collective_bench.run()
-    if args.skip_kmeans:
-        del report["kmeans"]
-    else:
-        _kmeans_section(args, report, stream)
+    try:
+        if args.collectives:
+            report["collectives"] = _collectives_section(stream)
+        if not args.skip_apps:
+            for app in [a for a in args.apps.split(",") if a]:
+                if app not in APP_WAYS:
+                    raise ConfigurationError(f"--apps: unknown application {app!r} (kmeans, mds)")
+                report[app] = _app_section(app, args, stream)
+    except ConfigurationError as exc:
+        print(f"hcollectives bench: {exc}", file=sys.stderr)
+        return 2
     text = json.dumps(report, indent=2)
     if args.out:
         with open(args.out, "w") as f:
@@ -119,12 +105,31 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kmeans_section(args: argparse.Namespace, report: dict[str, Any], stream: TextIO | None) -> None:
+def _app_section(app: str, args: argparse.Namespace, stream: TextIO | None) -> dict[str, Any]:
+    extra = runner_args(args.runner, args.num_cores)
+    nodes = [1] if args.runner == "hadoop" else [int(x) for x in args.local_nodes.split(",") if x]
     with tempfile.TemporaryDirectory(prefix="hcollectives-bench-") as tmp:
-        data = datagen.kmeans(tmp, points=args.points, dims=args.dims, clusters=args.clusters,
-                              splits=args.splits, seed=0)
-        report["kmeans"]["data"] = {"points": args.points, "dims": args.dims, "clusters": args.clusters,
-                                    "splits": args.splits, "iterations": args.iterations}
-        for n in [int(x) for x in args.local_nodes.split(",") if x]:
-            report["kmeans"][f"local_nodes_{n}"] = kmeans_variants(
-                data, iterations=args.iterations, local_nodes=n, num_cores=args.num_cores, stream=stream)
+        data, described = make_data(app, tmp, args)
+        section: dict[str, Any] = {"data": described | {"iterations": args.iterations}, "runner": args.runner}
+        for n in nodes:
+            key = "hadoop" if args.runner == "hadoop" else f"local_nodes_{n}"
+            section[key] = compare(app, inputs=data.inputs, initial=data.initial, iterations=args.iterations,
+                                   ways=APP_WAYS[app], runner_args=extra, local_nodes=n, stream=stream)
+    return section
+
+
+def _collectives_section(stream: TextIO | None) -> dict[str, Any]:
+    from . import collective_bench, mpi_bench
+
+    if stream is not None:
+        print("collectives: AllReduce and AllGather across 2 and 4 node daemons on loopback", file=stream)
+    out = collective_bench.run()
+    reason = mpi_bench.mpi_available()
+    if reason:
+        out["mpi"] = {"skipped": reason}
+    else:
+        if stream is not None:
+            print("collectives: the same with Open MPI (mpi4py, --mca btl tcp,self)", file=stream)
+        sizes = sorted({row["bytes"] for row in out["collectives"]})
+        out["mpi"] = [mpi_bench.run_mpi_bench(n, sizes, 5, 600) for n in (2, 4)]
+    return out

@@ -111,6 +111,16 @@ class LoopResult:
     timings: list[IterationTiming] = field(default_factory=list)
     result: Block | None = None  # the last iteration's raw collective result
     notices: list[str] = field(default_factory=list)  # every daemon notice of the run (store fallbacks)
+    started_at: float = math.nan  # epoch seconds that IterationTiming.events count from
+
+    def windows(self) -> list[tuple[int, float, float]]:
+        """(iteration, start, end) in epoch seconds: from the previous result (or the first
+        submission) to this iteration's result, the span IterationTiming.seconds measures."""
+        out = []
+        for t in self.timings:
+            end = self.started_at + t.events["result"]
+            out.append((t.iteration, end - t.seconds, end))
+        return out
 
     @property
     def mean_iteration_seconds(self) -> float:
@@ -193,6 +203,7 @@ class IterativeDriver:
                                bind_host=o.coordinator_host, advertise_host=o.coordinator_host)
         self.coordinator = coord = Coordinator(config, loop_data)
         self.t0 = time.perf_counter()
+        self.t0_epoch = time.time()
         self._launched: dict[int, trio.Event] = {}
         self._job_errors: dict[int, BaseException] = {}
         self._stopping = False
@@ -265,7 +276,7 @@ class IterativeDriver:
                 await self._launched[i].wait()
                 if i in self._job_errors:
                     raise JobFailed(f"iteration {i}'s job failed after its collective: {self._job_errors[i]}")
-                return LoopResult(loop_data, i, converged, timings, result)
+                return LoopResult(loop_data, i, converged, timings, result, started_at=self.t0_epoch)
             if not o.speculative:
                 await self._launched[i].wait()
             self._launch(i + 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -265,6 +266,15 @@ def parsed_input(job: MRCollectiveJob, env: TaskEnv, read: Callable) -> np.ndarr
     The split is identified by Hadoop's (file, start, length); its content
     digest is checked too, so a changed file is parsed again.
     """
+    from . import task_trace
+
+    started = time.time()
+    rows = _load_or_parse(job, env, read)
+    task_trace.note("parse", [started, time.time()])
+    return rows
+
+
+def _load_or_parse(job: MRCollectiveJob, env: TaskEnv, read: Callable) -> np.ndarray:
     from ..services.split_cache import DIRECTORY_NAME, SplitCache, read_all
 
     if not env.input_cache or env.input_split == "stdin" or job.options.args:

@@ -1,0 +1,149 @@
+"""Run an application both ways (plain mrjob vs hcollectives) side by side, traced.
+
+Used by `hcollectives demo` and `hcollectives bench`. Every way runs the
+same data from the same initial loop data for the same number of iterations
+(convergence off), one after the other in this process, with every task run
+under task_trace so the paper's breakdown is measured the same way for all.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+
+from . import breakdown as bd
+from .examples import load_example
+from .task_trace import TRACE_ENV
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    collective_module: str
+    collective_class: str
+    vanilla_module: str
+
+
+APPS = {
+    "kmeans": App("K-means", "kmeans", "MRKMeans", "kmeans_vanilla"),
+    "mds": App("MDS", "mds", "MRMDS", "mds_vanilla"),
+}
+
+
+@dataclass
+class Way:
+    """One way of running an app: plain mrjob, or hcollectives with these extra options."""
+    key: str
+    label: str
+    vanilla: bool = False
+    options: tuple[str, ...] = ()
+
+
+WAYS = {
+    "vanilla": Way("vanilla", "plain mrjob (one job per iteration)", vanilla=True),
+    "hcollectives": Way("hcollectives", "hcollectives"),
+    "no_speculative": Way("no_speculative", "hcollectives --no-speculative", options=("--no-speculative",)),
+    "no_input_cache": Way("no_input_cache", "hcollectives --no-input-cache", options=("--no-input-cache",)),
+}
+
+
+@dataclass
+class WayResult:
+    way: Way
+    per_iteration_s: list[float]
+    parts: dict[int, dict[str, float]]
+    loop_data: np.ndarray
+    wall_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        steady = self.per_iteration_s[1:] or self.per_iteration_s  # the first also pays the first job's start-up
+        return {
+            "label": self.way.label,
+            "per_iteration_s": [round(t, 4) for t in self.per_iteration_s],
+            "steady_median_s": round(statistics.median(steady), 4),
+            "steady_mean_s": round(statistics.fmean(steady), 4),
+            "wall_s": round(self.wall_s, 3),
+            "breakdown_mean_s": {k: round(v, 4) for k, v in bd.mean_parts(self.parts).items()},
+            "breakdown_per_iteration_s": {str(i): {k: round(v, 4) for k, v in p.items()}
+                                          for i, p in sorted(self.parts.items())},
+        }
+
+
+def trace_args(trace_dir: str) -> list[str]:
+    """mrjob options that run every task under task_trace, writing into *trace_dir*."""
+    return ["--task-python-bin", f"{sys.executable} -m hcollectives.frontends.task_trace",
+            "--cmdenv", f"{TRACE_ENV}={trace_dir}"]
+
+
+def read_traces(trace_dir: str) -> list[dict]:
+    out = []
+    for path in glob.glob(os.path.join(trace_dir, "*.json")):
+        try:
+            with open(path) as f:
+                out.append(json.load(f))
+        except (OSError, ValueError):
+            continue  # a task killed while writing: its time shows up as an idle gap
+    return out
+
+
+def run_way(app: App, way: Way, *, inputs: list[str], initial: str, iterations: int,
+            runner_args: list[str], local_nodes: int, stream: TextIO | None) -> WayResult:
+    trace_dir = tempfile.mkdtemp(prefix="hcollectives-trace-")
+    try:
+        args = [*runner_args, *trace_args(trace_dir)]
+        t0 = time.time()
+        if way.vanilla:
+            module = load_example(app.vanilla_module)
+            loop_data, _, _, times = module.iterate([*args, *inputs], np.load(initial), iterations,
+                                                    tolerance=0.0, stream=stream)
+            # The vanilla driver runs its jobs back to back: iteration i spans the sum of the times before it.
+            ends = t0 + np.cumsum(times)
+            windows = [(i + 1, float(end - t), float(end)) for i, (t, end) in enumerate(zip(times, ends))]
+            tail, by_iteration = "cleanup", False
+        else:
+            cls = getattr(load_example(app.collective_module), app.collective_class)
+            job = cls(args=[*args, *([] if stream is not None else ["-q"]), "--initial", initial, "--max-iterations", str(iterations),
+                            "--tolerance", "0", "--local-nodes", str(local_nodes), *way.options, *inputs])
+            outcome = job.iterate()
+            loop_data, times, windows = outcome.loop_data, [t.seconds for t in outcome.timings], outcome.windows()
+            tail, by_iteration = "comm_reduction", True
+        wall = time.time() - t0
+        parts = bd.breakdown(read_traces(trace_dir), windows, tail=tail, by_iteration=by_iteration)
+        return WayResult(way, list(times), parts, np.asarray(loop_data), wall)
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+
+
+def compare(app_key: str, *, inputs: list[str], initial: str, iterations: int, ways: list[str],
+            runner_args: list[str], local_nodes: int, stream: TextIO | None) -> dict[str, Any]:
+    """Run *ways* of *app_key* one after the other; JSON-ready results with speedups vs vanilla."""
+    app = APPS[app_key]
+    results: dict[str, WayResult] = {}
+    for key in ways:
+        way = WAYS[key]
+        if stream is not None:
+            print(f"{app.name}: {way.label}, {iterations} iterations"
+                  + ("" if way.vanilla else f", {local_nodes} simulated node(s)"), file=stream, flush=True)
+        results[key] = run_way(app, way, inputs=inputs, initial=initial, iterations=iterations,
+                               runner_args=runner_args, local_nodes=local_nodes, stream=stream)
+    out: dict[str, Any] = {key: r.summary() for key, r in results.items()}
+    if "vanilla" in results:
+        base = results["vanilla"]
+        for key, r in results.items():
+            if key != "vanilla":
+                out[key]["speedup_vs_vanilla"] = round(out["vanilla"]["steady_median_s"]
+                                                       / out[key]["steady_median_s"], 3)
+                scale = max(float(np.abs(base.loop_data).max()), 1.0)
+                out[key]["max_rel_diff_vs_vanilla"] = float(np.abs(r.loop_data - base.loop_data).max() / scale)
+    return out

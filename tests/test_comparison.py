@@ -1,0 +1,68 @@
+"""Both ways side by side, traced: what the demo and the bench report."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hcollectives.frontends import datagen
+from hcollectives.frontends.bench import runner_args
+from hcollectives.frontends.breakdown import PARTS
+from hcollectives.frontends.comparison import compare, read_traces, trace_args
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def kmeans_comparison(tmp_path_factory):
+    data = datagen.kmeans(str(tmp_path_factory.mktemp("cmp")), points=800, dims=3, clusters=3, splits=3, seed=2)
+    return compare("kmeans", inputs=data.inputs, initial=data.initial, iterations=3,
+                   ways=["vanilla", "hcollectives"], runner_args=runner_args("local"), local_nodes=2, stream=None)
+
+
+def test_both_ways_give_the_same_centroids_and_a_speedup_figure(kmeans_comparison):
+    hc, van = kmeans_comparison["hcollectives"], kmeans_comparison["vanilla"]
+    assert hc["max_rel_diff_vs_vanilla"] < 1e-12
+    assert hc["speedup_vs_vanilla"] == pytest.approx(van["steady_median_s"] / hc["steady_median_s"], rel=1e-2)
+    assert len(hc["per_iteration_s"]) == len(van["per_iteration_s"]) == 3
+
+
+def test_every_iterations_breakdown_adds_up_to_its_time_and_saw_the_tasks(kmeans_comparison):
+    for way in ("vanilla", "hcollectives"):
+        w = kmeans_comparison[way]
+        for i, seconds in enumerate(w["per_iteration_s"], 1):
+            parts = w["breakdown_per_iteration_s"][str(i)]
+            assert set(parts) == set(PARTS)
+            assert sum(parts.values()) == pytest.approx(seconds, abs=2e-3)
+            # Traces were read: tasks' start-up and mapper time show up in every iteration.
+            assert parts["map_overhead"] > 0 and parts["compute"] > 0, (way, i, parts)
+    # Plain mrjob's combiners, sort and reducers are its communication; they take real time.
+    assert kmeans_comparison["vanilla"]["breakdown_mean_s"]["comm_reduction"] > 0.1
+
+
+def test_trace_args_run_tasks_under_the_tracer_and_bad_files_are_skipped(tmp_path):
+    args = trace_args(str(tmp_path))
+    assert args[0] == "--task-python-bin" and "hcollectives.frontends.task_trace" in args[1]
+    (tmp_path / "good.json").write_text(json.dumps({"kind": "map", "process": 1.0}))
+    (tmp_path / "torn.json").write_text('{"kind": "ma')
+    assert read_traces(str(tmp_path)) == [{"kind": "map", "process": 1.0}]
+
+
+def test_demo_tables_and_chart(kmeans_comparison, tmp_path):
+    from hcollectives.frontends.demo import render_tables, write_chart
+
+    results = {"kmeans": kmeans_comparison}
+    text = render_tables(results)
+    assert "| median of 2.. |" in text and "same result" in text and "comm + reduction" in text
+    chart = tmp_path / "chart.png"
+    write_chart(results, str(chart))
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
+
+
+def test_hadoop_runner_without_a_cluster_is_a_clear_error(monkeypatch):
+    from hcollectives import ConfigurationError
+
+    monkeypatch.delenv("MRJOB_HADOOP_ARGS", raising=False)
+    with pytest.raises(ConfigurationError, match="make minicluster"):
+        runner_args("hadoop")
+    assert runner_args("local", 3) == ["-r", "local", "--num-cores", "3"]
