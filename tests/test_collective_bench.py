@@ -7,9 +7,11 @@ from hcollectives.frontends import collective_bench
 
 @pytest.mark.parametrize("kind", ["allreduce", "allgather"])
 def test_small_collective_bench_runs_and_is_correct(kind):
-    out = collective_bench.run(kinds=(kind,), nodes=(2, 3), sizes=(1024, 1 << 16), repeats=1)
+    # 1 MiB is above RING_MIN_BYTES: the AllReduce runs as a ring, the rest as a tree
+    sizes = (1024, 1 << 16, 1 << 20)
+    out = collective_bench.run(kinds=(kind,), nodes=(2, 3), sizes=sizes, repeats=1)
     rows = out["collectives"]
-    assert [(r["nodes"], r["bytes"]) for r in rows] == [(2, 1024), (2, 1 << 16), (3, 1024), (3, 1 << 16)]
+    assert [(r["nodes"], r["bytes"]) for r in rows] == [(n, s) for n in (2, 3) for s in sizes]
     assert all(0 < r["min_s"] <= r["median_s"] < 30 for r in rows)
     assert out["loopback_gib_per_s"] > 0
 

@@ -87,6 +87,9 @@ async def _measure(kind: str, n: int, sizes: tuple[int, ...], repeats: int, tmp:
                         t.start()
                     rec = coordinator.record(iteration)
                     await coordinator.wait_all_have_result(iteration, timeout=120)
+                    # Outside the timed part: the driver's copy of the result
+                    # (rank 0 sends it after reporting HasResult).
+                    await coordinator.wait_result(iteration, timeout=120)
                     for t in threads:
                         await trio.to_thread.run_sync(t.join, 30)
                     if errors:

@@ -12,7 +12,8 @@ Who sends what (T = task, D = node daemon, C = coordinator in the driver):
   a post-processed result); D->T LoopData, PostProcessLease, ContributeAck, Stop
 - D->C NodeJoin, TaskStarted, Claim, TaskFailed, Result (rank 0 only), GetLoopData,
   HasResult, Notice, NodeError; C->D SessionInfo, Members, ClaimResult, Seal, LoopData, Stop
-- D->D Partial (up the tree), Result (down the tree), Piece (AllGather)
+- D->D Partial (up the tree), Result (down the tree), RingChunk (ring AllReduce),
+  Piece (AllGather)
 """
 
 from __future__ import annotations
@@ -279,13 +280,17 @@ class SessionInfo(Message):
     sealed_through: int
 
 
-@message("claim", session="ident", iteration="iteration", task="ident", attempt="ident", node="ident")
+@message("claim", session="ident", iteration="iteration", task="ident", attempt="ident", node="ident",
+         layout="text")
 class Claim(Message):
     session: str
     iteration: int
     task: str
     attempt: str
     node: str
+    # AllReduce: digest of the block's keys and offsets when it is big enough
+    # for the ring (`ring_allreduce.ring_layout`), else "".
+    layout: str = ""
 
 
 @message("claim_result", session="ident", iteration="iteration", task="ident", attempt="ident", accepted="bool")
@@ -297,17 +302,21 @@ class ClaimResult(Message):
     accepted: bool
 
 
-@message("seal", session="ident", iteration="iteration", members="idents", addresses="addresses", pieces="pieces")
+@message("seal", session="ident", iteration="iteration", members="idents", addresses="addresses", pieces="pieces",
+         layout="text")
 class Seal(Message):
     """Iteration's map phase is complete: `pieces` ([task, attempt, node]) is the
     exact set of contributions that count; `members` (with `addresses`) take part
-    in the collective."""
+    in the collective. `layout` is the common layout digest of every piece when
+    all of them share one and every member holds at least one (the AllReduce
+    then runs as a ring), else "" (tree)."""
 
     session: str
     iteration: int
     members: list
     addresses: list
     pieces: list
+    layout: str = ""
 
 
 @message("members", session="ident", members="idents", addresses="addresses")
@@ -362,6 +371,18 @@ class Result(Message):
     session: str
     iteration: int
     block: Block
+
+
+@message("ring_chunk", session="ident", iteration="iteration", rank="int", step="int", data="array")
+class RingChunk(Message):
+    """One step of a ring AllReduce (`algorithms.ring_allreduce`): sent by `rank`
+    to its right neighbour."""
+
+    session: str
+    iteration: int
+    rank: int
+    step: int
+    data: np.ndarray
 
 
 @message("piece", session="ident", iteration="iteration", task="ident", attempt="ident", block="block")

@@ -4,8 +4,11 @@ It owns membership (which node daemons take part), the number of map tasks
 per iteration, exactly-once claims (the first finished attempt of a task
 counts; every other attempt of that task is told it does not), when an
 iteration is sealed, and timing events. It never touches payloads on the
-critical path: rank 0 of the tree sends it the iteration's result so the
-driver can decide convergence and write the final answer.
+critical path: rank 0 sends it the iteration's result (right after its
+HasResult, so the driver's copy never delays the collective) so the driver can
+decide convergence and write the final answer. It also tells the daemons, in
+the Seal, whether every contribution has one layout (then the AllReduce runs
+as a ring).
 
 Waits are notifications: every state change sets `_changed`, and each waiter
 re-checks its condition, so nobody polls.
@@ -52,6 +55,7 @@ class IterationRecord:
     num_tasks: int | None = None
     started: set[str] = field(default_factory=set)
     claims: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (attempt, node)
+    layouts: dict[str, str] = field(default_factory=dict)  # task -> layout digest of its accepted piece
     sealed: bool = False
     result: Block | None = None
     loop_data: np.ndarray | None = None  # the INPUT of this iteration
@@ -221,6 +225,7 @@ class Coordinator:
         held = rec.claims.get(claim.task)
         if held is None and not rec.sealed:
             rec.claims[claim.task] = (claim.attempt, claim.node)
+            rec.layouts[claim.task] = claim.layout
             accepted = True
         else:
             # First finished attempt wins; a retried or speculative duplicate is
@@ -247,7 +252,14 @@ class Coordinator:
             self.abort(f"iteration {iteration}: node(s) {sorted(missing)} hold contributions but left")
             return
         rec.members = list(members.members)
-        await self._broadcast(m.Seal(self.config.session, iteration, members.members, members.addresses, pieces))
+        # The ring AllReduce needs one layout everywhere: every piece's digest
+        # the same (and not "": big enough) and every member holding a piece.
+        layouts = set(rec.layouts.values())
+        layout = next(iter(layouts)) if len(layouts) == 1 else ""
+        if {node for _, _, node in pieces} != set(members.members):
+            layout = ""
+        await self._broadcast(m.Seal(self.config.session, iteration, members.members, members.addresses, pieces,
+                                     layout))
         self._notify()
 
     async def _answer_loop_data(self, channel: Channel, iteration: int) -> None:

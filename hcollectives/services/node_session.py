@@ -9,8 +9,10 @@ daemon. It joins the coordinator, then:
 - takes each task's contribution, checkpoints it to the store in the
   background and claims it with the coordinator (exactly once per task);
 - when the coordinator seals an iteration, reduces this node's contributions
-  and runs the tree AllReduce with the other daemons (or, for AllGather,
-  pushes pieces to every member as soon as tasks finish and assembles them);
+  and runs the AllReduce with the other daemons: a ring (reduce-scatter +
+  allgather) when every block is big and of one layout (`Seal.layout`), else
+  the latency-optimal tree (or, for AllGather, pushes pieces to every member
+  as soon as tasks finish and assembles them);
 - reads from the store whatever did not arrive over TCP within the session's
   fallback deadline.
 
@@ -30,6 +32,7 @@ from .. import store as st
 from ..algorithms.block import Block
 from ..algorithms.gather import GatherAssembly
 from ..algorithms.reduction import reduce_blocks
+from ..algorithms.ring_allreduce import ChunkSend, RingAllReduce, reference_result, ring_layout
 from ..algorithms.topology import Tree, ranks_of
 from ..algorithms.tree_allreduce import Send, TreeAllReduce
 from ..errors import CollectiveTimeout, ConnectionLost, HCollectivesError, ProtocolError
@@ -45,7 +48,8 @@ class _Iteration:
     contributions: dict[str, tuple[str, Block]] = field(default_factory=dict)  # task -> (attempt, block)
     seal: m.Seal | None = None
     tree: TreeAllReduce | None = None
-    early: list[m.Message] = field(default_factory=list)  # partials/results before our seal
+    ring: RingAllReduce | None = None
+    early: list[m.Message] = field(default_factory=list)  # partials/results/ring chunks before our seal
     gather: GatherAssembly = field(default_factory=GatherAssembly)
     pushed: dict[str, set[str]] = field(default_factory=dict)  # piece id -> nodes it was sent to
     result: Block | None = None
@@ -256,7 +260,8 @@ class NodeSession:
         self._claims[key] = None
         self._offered[key] = event.block
         try:
-            await self.to_coordinator(m.Claim(self.session, i, task, attempt, self.node))
+            layout = ring_layout(event.block) if self.info.collective == "allreduce" else ""
+            await self.to_coordinator(m.Claim(self.session, i, task, attempt, self.node, layout))
             deadline = trio.current_time() + self.timeouts.connect
             while self._claims.get(key) is None:
                 if self.stopped_for(i):
@@ -327,6 +332,12 @@ class NodeSession:
             expected = state.gather.expected
             if expected is None or piece_id(event.task, event.attempt) in expected:
                 state.gather.add(piece_id(event.task, event.attempt), event.block)
+        elif isinstance(event, m.RingChunk):
+            state = self.it(event.iteration)
+            if state.ring is None:
+                state.early.append(event)
+            else:
+                self._feed_ring(event.iteration, [event])
         elif isinstance(event, (m.Partial, m.Result)):
             state = self.it(event.iteration)
             if state.tree is None:
@@ -375,12 +386,15 @@ class NodeSession:
     async def _allreduce(self, seal: m.Seal) -> None:
         i, state = seal.iteration, self.it(seal.iteration)
         local = reduce_blocks([state.contributions[t][1] for t in sorted(state.contributions)], self.info.op)
+        if seal.layout:
+            await self._ring_allreduce(seal, local)
+            return
         tree = Tree(len(seal.members), self.info.fanout)
         rank = ranks_of(seal.members)[self.node]
         state.tree = TreeAllReduce(rank, tree, self.info.op, local)
         await self._execute(i, state.tree.start())
         early, state.early = state.early, []
-        await self._feed_tree(i, early)
+        await self._feed_tree(i, [e for e in early if isinstance(e, (m.Partial, m.Result))])
         with trio.move_on_after(self.info.fallback_timeout):
             while not state.tree.done:
                 await self._changed.wait()
@@ -415,6 +429,64 @@ class NodeSession:
             self.nursery.start_soon(self._send_quietly, node, event)
         if state.tree.done and state.result is None:
             await self._finish(iteration, state.tree.result)
+
+    async def _ring_allreduce(self, seal: m.Seal, local: Block) -> None:
+        """Ring AllReduce of a big block whose layout every node shares (`Seal.layout`)."""
+        i, state = seal.iteration, self.it(seal.iteration)
+        if ring_layout(local) != seal.layout:
+            raise ProtocolError(f"iteration {i}: this node's block does not have the sealed layout")
+        # Reduce in place when nobody else reads the buffer: several pieces were
+        # just combined into a fresh one, or the only piece has no checkpoint
+        # being written from it in the background.
+        in_place = len(state.contributions) > 1 or self.store is None
+        state.ring = RingAllReduce(ranks_of(seal.members)[self.node], len(seal.members), self.info.op, local,
+                                   in_place=in_place)
+        self._execute_ring(i, state.ring.start())
+        early, state.early = state.early, []
+        self._feed_ring(i, [e for e in early if isinstance(e, m.RingChunk)])
+        if state.ring.done:
+            await self._finish(i, state.ring.result)
+            return
+        with trio.move_on_after(self.info.fallback_timeout):
+            while not state.ring.done:
+                await self._changed.wait()
+        if not state.ring.done:
+            # A chunk was lost somewhere round the ring. Rebuild the result
+            # from every piece in the store, folded in the ring's own order, so
+            # the bits match those of the nodes whose ring completed.
+            log.warning("node %s: iteration %d: ring incomplete after %gs (steps %s missing); trying the store",
+                        self.node, i, self.info.fallback_timeout, list(state.ring.missing_steps()))
+            locals_ = []
+            for node in seal.members:
+                pieces = sorted((t, a) for t, a, n in seal.pieces if n == node)
+                locals_.append(reduce_blocks([await self._load_piece(i, t, a) for t, a in pieces], self.info.op))
+            if not state.ring.done:
+                result = await trio.to_thread.run_sync(reference_result, locals_, self.info.op)
+                if not state.ring.done:
+                    await self.notice(i, f"ring AllReduce incomplete after {self.info.fallback_timeout:g}s; "
+                                         f"reduced all {len(seal.pieces)} piece(s) from the store")
+                    state.ring.receive_result(result)
+        await self._finish(i, state.ring.result)
+
+    def _feed_ring(self, iteration: int, events: list[m.RingChunk]) -> None:
+        state = self.it(iteration)
+        left = state.ring.left
+        try:
+            for event in events:
+                if event.rank != left:
+                    raise ProtocolError(f"iteration {iteration}: ring chunk from rank {event.rank}, "
+                                        f"expected one from rank {left}")
+                self._execute_ring(iteration, state.ring.receive(event.step, event.data))
+        except (ProtocolError, ValueError) as exc:
+            self.nursery.start_soon(self.report_error, f"iteration {iteration}: {exc}")
+        if state.ring.done and state.result is None:
+            self._notify()
+
+    def _execute_ring(self, iteration: int, sends: list[ChunkSend]) -> None:
+        state = self.it(iteration)
+        for send in sends:
+            event = m.RingChunk(self.session, iteration, state.ring.rank, send.step, send.data)
+            self.nursery.start_soon(self._send_quietly, state.seal.members[send.dest], event)
 
     async def _allreduce_fallback(self, seal: m.Seal, tree: Tree, rank: int) -> None:
         """Read from the store what the tree did not deliver in time."""
@@ -492,9 +564,14 @@ class NodeSession:
         state.contributions.clear()  # the result supersedes them; free the memory
         self._notify()
         is_root = ranks_of(state.seal.members)[self.node] == 0
-        if is_root:  # the result first: whoever sees "everyone has it" can then read it
-            await self.to_coordinator(m.Result(self.session, iteration, result))
+        # HasResult first: the collective is complete here, and a 64 MiB Result
+        # queued ahead of it on the same connection would put the driver's
+        # copy on the collective's critical path (it competes for the CPU with
+        # the peers still receiving). The driver waits for the Result itself
+        # (`Coordinator.wait_result`), which follows at once.
         await self.to_coordinator(m.HasResult(self.session, self.node, iteration))
+        if is_root:
+            await self.to_coordinator(m.Result(self.session, iteration, result))
         if is_root and self.store is not None:
             path = st.result_path(self.session, iteration)
             await trio.to_thread.run_sync(self.store.save_block, path, result)
