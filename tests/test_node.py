@@ -10,6 +10,7 @@ daemonic so a failing test can never hang the suite.
 
 from __future__ import annotations
 
+import os
 import logging
 import threading
 import time
@@ -835,6 +836,36 @@ async def _service_daemon_stays() -> None:
 
 def test_service_daemon_does_not_exit_when_idle():
     run(_service_daemon_stays)
+
+
+async def _service_removes_split_cache_of_ended_session(tmp_path) -> None:
+    from hcollectives.services.rendezvous import default_rundir
+
+    cache = os.path.join(default_rundir(SESSION), "split-cache")
+    os.makedirs(cache)
+    open(os.path.join(cache, "entry.npy"), "wb").close()
+    config = SessionConfig(SESSION, SECRET, "allreduce", "sum", 2, "", 5.0, 1)
+    coordinator = Coordinator(config, np.zeros((1, 2)))
+    daemon = NodeDaemon(node="n0", secret=SECRET, timeouts=TIMEOUTS, exit_when_idle=False)
+    async with trio.open_nursery() as outer:
+        addr = await outer.start(daemon.run)
+        async with trio.open_nursery() as coord_nursery:
+            caddr = await coord_nursery.start(coordinator.serve)
+            env = TaskEnv(SESSION, caddr, SECRET, 1, "task_0", "task_0_a0", 1, "n0", "/nonexistent",
+                          addr, "test", TASK_TIMEOUT)
+            t = TaskThread(full_task, env, lambda data: Block.from_dict({0: np.ones(2)})).start()
+            await coordinator.wait_result(1)
+            await t.join()
+            assert os.path.isdir(cache)  # in use while the session runs
+            coord_nursery.cancel_scope.cancel()  # the driver goes away: the session ends
+        await wait_until(lambda: not os.path.exists(cache), what="the split cache to go")
+        assert SESSION not in daemon.sessions
+        outer.cancel_scope.cancel()  # a service keeps running; the test stops it
+
+
+def test_service_removes_the_split_cache_when_a_session_ends(tmp_path, monkeypatch):
+    monkeypatch.setenv("HCOLLECTIVES_NODE_TMP", str(tmp_path))
+    run(_service_removes_split_cache_of_ended_session, tmp_path)
 
 
 # -- ring AllReduce (big blocks of one layout) -------------------------------------------------

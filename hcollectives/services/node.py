@@ -23,6 +23,8 @@ from ..protocol import messages as m
 from ..transport.trio_channel import Channel, listener_address, open_listeners, serve
 from .faults import Faults
 from .node_session import NodeSession, Timeouts
+from .rendezvous import default_rundir
+from .split_cache import remove_split_cache
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,10 @@ class NodeDaemon:
             await session.close()
             if self.sessions.get(session.session) is session:
                 del self.sessions[session.session]
+            if not self.exit_when_idle:
+                # A service outlives its sessions: drop each one's parsed-split
+                # cache on this machine (task-started daemons do it on exit).
+                await trio.to_thread.run_sync(remove_split_cache, default_rundir(session.session))
             self._notify()
         if join_error is not None:
             # Raised here, outside the nursery, so the task that asked gets this

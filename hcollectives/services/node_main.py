@@ -107,11 +107,9 @@ def _remove_session_files(rundir: Path) -> None:
     its lock file) stay for whoever debugs the run, and only directories left
     empty are removed.
     """
-    import shutil
+    from .split_cache import remove_split_cache
 
-    from .split_cache import DIRECTORY_NAME
-
-    shutil.rmtree(rundir / DIRECTORY_NAME, ignore_errors=True)
+    remove_split_cache(rundir)
     nodes = rundir / "nodes"
     for directory in [*(nodes.iterdir() if nodes.is_dir() else ()), nodes, rundir]:
         try:

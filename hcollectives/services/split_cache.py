@@ -79,3 +79,10 @@ class SplitCache:
             except FileNotFoundError:
                 pass
             raise
+
+
+def remove_split_cache(rundir: str | os.PathLike) -> None:
+    """Remove a session's cache on this machine (when the session is over); missing is fine."""
+    import shutil
+
+    shutil.rmtree(Path(rundir) / DIRECTORY_NAME, ignore_errors=True)
