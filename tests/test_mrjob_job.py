@@ -237,3 +237,38 @@ def test_cached_split_is_parsed_again_when_its_content_changes(tmp_path):
         rows = parsed_input(job, env, read)
         assert len(calls) - before == parsed
         np.testing.assert_array_equal(rows, np.loadtxt(io.BytesIO(content), ndmin=2))
+
+
+@pytest.mark.parametrize("runner, setting, expected", [
+    ("local", "", True), ("local", "0", False), ("hadoop", "", False), ("hadoop", "1", True),
+    ("inline", "", False), ("hadoop", "0", False),
+])
+def test_fork_server_is_default_on_the_local_runner_only(monkeypatch, runner, setting, expected):
+    from hcollectives.frontends.mrjob_job import use_task_fork_server
+
+    monkeypatch.setenv("HCOLLECTIVES_ZYGOTE", setting)
+    assert use_task_fork_server(runner) is expected
+
+
+def test_tasks_start_through_the_fork_server_by_default(kmeans_data, monkeypatch, tmp_path, no_orphan_daemons):
+    """The launcher passes the stub as mrjob's task interpreter; the run's result is unchanged."""
+    from hcollectives.frontends import mrjob_job
+
+    seen = []
+    original = mrjob_job.collective_runner_class
+
+    def spy(alias):
+        cls = original(alias)
+
+        class Spy(cls):
+            def __init__(self, **kwargs):
+                seen.append(kwargs.get("task_python_bin"))
+                super().__init__(**kwargs)
+
+        return Spy
+
+    monkeypatch.setattr(mrjob_job, "collective_runner_class", spy)
+    out = kmeans_job(kmeans_data, "--max-iterations", "2", "--tolerance", "0").iterate()
+    expected = kmeans_reference(points(kmeans_data), np.load(kmeans_data.initial), 2)
+    np.testing.assert_allclose(out.loop_data, expected, rtol=0, atol=1e-9)
+    assert seen and all(b == [sys.executable, "-m", "hcollectives.frontends.task_stub"] for b in seen)

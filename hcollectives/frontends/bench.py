@@ -30,8 +30,8 @@ from .comparison import compare
 
 # Which hcollectives variants each application is measured in, besides plain mrjob.
 APP_WAYS = {
-    "kmeans": ["vanilla", "hcollectives", "no_speculative"],
-    "mds": ["vanilla", "hcollectives", "no_speculative", "no_input_cache"],
+    "kmeans": ["vanilla", "hcollectives", "no_speculative", "no_fork_server"],
+    "mds": ["vanilla", "hcollectives", "no_speculative", "no_input_cache", "no_fork_server"],
 }
 
 

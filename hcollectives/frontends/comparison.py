@@ -47,6 +47,7 @@ class Way:
     label: str
     vanilla: bool = False
     options: tuple[str, ...] = ()
+    fork_server: bool = True  # hcollectives' default task start on the local runner
 
 
 WAYS = {
@@ -54,6 +55,8 @@ WAYS = {
     "hcollectives": Way("hcollectives", "hcollectives"),
     "no_speculative": Way("no_speculative", "hcollectives --no-speculative", options=("--no-speculative",)),
     "no_input_cache": Way("no_input_cache", "hcollectives --no-input-cache", options=("--no-input-cache",)),
+    "no_fork_server": Way("no_fork_server", "hcollectives, HCOLLECTIVES_ZYGOTE=0 (every task a fresh Python)",
+                          fork_server=False),
 }
 
 
@@ -80,10 +83,13 @@ class WayResult:
         }
 
 
-def trace_args(trace_dir: str) -> list[str]:
-    """mrjob options that run every task under task_trace, writing into *trace_dir*."""
-    return ["--task-python-bin", f"{sys.executable} -m hcollectives.frontends.task_trace",
-            "--cmdenv", f"{TRACE_ENV}={trace_dir}"]
+def trace_args(trace_dir: str, *, wrap: bool = True) -> list[str]:
+    """mrjob options that trace every task into *trace_dir*.
+
+    With *wrap*, tasks run under task_trace as their interpreter; without, the
+    job's own task start (hcollectives' fork server) installs the same tracer."""
+    wrapper = ["--task-python-bin", f"{sys.executable} -m hcollectives.frontends.task_trace"] if wrap else []
+    return [*wrapper, "--cmdenv", f"{TRACE_ENV}={trace_dir}"]
 
 
 def read_traces(trace_dir: str) -> list[dict]:
@@ -101,7 +107,11 @@ def run_way(app: App, way: Way, *, inputs: list[str], initial: str, iterations: 
             runner_args: list[str], local_nodes: int, stream: TextIO | None) -> WayResult:
     trace_dir = tempfile.mkdtemp(prefix="hcollectives-trace-")
     try:
-        args = [*runner_args, *trace_args(trace_dir)]
+        from .mrjob_job import use_task_fork_server
+
+        runner = runner_args[runner_args.index("-r") + 1] if "-r" in runner_args else "inline"
+        fork_server = not way.vanilla and way.fork_server and use_task_fork_server(runner)
+        args = [*runner_args, *trace_args(trace_dir, wrap=not fork_server)]
         t0 = time.time()
         if way.vanilla:
             module = load_example(app.vanilla_module)

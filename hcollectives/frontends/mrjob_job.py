@@ -177,6 +177,21 @@ def _user_method(job: MRJob, name: str) -> Callable | None:
     return getattr(job, name)
 
 
+def use_task_fork_server(runner: str) -> bool:
+    """Whether map tasks start through this machine's fork server (services/zygote.py).
+
+    On by default on the local runner, where each task would otherwise spend
+    most of its life importing numpy and mrjob. Opt-in (HCOLLECTIVES_ZYGOTE=1)
+    on clusters: tasks forked by the server run outside their YARN container,
+    so the container's memory limit and cgroup do not apply to them.
+    HCOLLECTIVES_ZYGOTE=0 turns it off everywhere.
+    """
+    setting = os.environ.get("HCOLLECTIVES_ZYGOTE", "")
+    if setting == "0":
+        return False
+    return runner == "local" or setting == "1"
+
+
 class _MRJobLauncher:
     """Runs one iteration's map-only job with an mrjob runner."""
 
@@ -186,6 +201,8 @@ class _MRJobLauncher:
     def run_iteration(self, iteration: int, env: dict[str, str], report_num_tasks: Callable[[int], None]) -> None:
         kwargs = self.job._runner_kwargs()
         kwargs["cmdenv"] = dict(kwargs.get("cmdenv") or {}, **env)
+        if not kwargs.get("task_python_bin") and use_task_fork_server(self.job.options.runner or "inline"):
+            kwargs["task_python_bin"] = [sys.executable, "-m", "hcollectives.frontends.task_stub"]
         runner = self.job._runner_class()(**kwargs)
         runner.hc_report_num_tasks = report_num_tasks
         with runner:

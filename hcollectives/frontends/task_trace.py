@@ -38,10 +38,12 @@ def _process_start() -> float:
     Measured back from now through the uptime clock (1/100 s), not from
     /proc/stat's btime, which is rounded to whole seconds. A task forked by
     the task fork server started when its stub did: the stub passes that on."""
-    try:
-        return float(os.environ["HCOLLECTIVES_PROCESS_START"])
-    except (KeyError, ValueError):
-        pass
+    start = os.environ.get("HCOLLECTIVES_PROCESS_START")
+    if start and os.environ.get("HCOLLECTIVES_PROCESS_START_PID") == str(os.getpid()):  # not inherited
+        try:
+            return float(start)
+        except ValueError:
+            pass
     try:
         now = time.time()
         with open("/proc/uptime") as f:
