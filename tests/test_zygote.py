@@ -190,7 +190,8 @@ def test_stub_imports_almost_nothing():
                          timeout=TIMEOUT).stdout.split()
     assert not [m for m in new if m.split(".")[0] in ("numpy", "mrjob", "trio", "msgpack", "filelock", "yaml")]
     assert [m for m in new if m.startswith("hcollectives")] == [
-        "hcollectives", "hcollectives.errors", "hcollectives.frontends", "hcollectives.frontends.task_stub"]
+        "hcollectives", "hcollectives.errors", "hcollectives.frontends", "hcollectives.frontends.task_stub",
+        "hcollectives.frontends.task_trace"]
 
 
 def test_rundir_matches_the_task_side(monkeypatch):

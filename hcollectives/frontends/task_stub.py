@@ -39,6 +39,8 @@ import struct
 import sys
 import time
 
+from .task_trace import process_start  # stdlib only, like this module
+
 ZYGOTE_ENV = "HCOLLECTIVES_ZYGOTE"  # "0": run in-process
 IDLE_ENV = "HCOLLECTIVES_ZYGOTE_IDLE_TIMEOUT"  # seconds; the zygote's --idle-timeout
 PROCESS_START_ENV = "HCOLLECTIVES_PROCESS_START"
@@ -297,19 +299,6 @@ def _read_line(fd: int, timeout: float) -> bytes | None:
 
 
 # -- one request ----------------------------------------------------------------------------
-
-def process_start() -> float:
-    """Epoch seconds when this process started (Linux /proc), else now (as task_trace does)."""
-    try:
-        now = time.time()
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        return min(now, now - (uptime - ticks / os.sysconf("SC_CLK_TCK")))
-    except (OSError, ValueError, IndexError):
-        return time.time()
-
 
 def encode_request(argv: list[str], cwd: str, env, started: float) -> bytes:
     body = json.dumps({"v": 1, "argv": argv, "cwd": cwd, "env": dict(env), "process_start": started},

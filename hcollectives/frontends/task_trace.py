@@ -32,7 +32,7 @@ TRACE_ENV = "HCOLLECTIVES_TRACE_DIR"
 _record: dict | None = None
 
 
-def _process_start() -> float:
+def process_start() -> float:
     """Epoch seconds when this process started (Linux /proc), else now.
 
     Measured back from now through the uptime clock (1/100 s), not from
@@ -110,7 +110,7 @@ def install() -> None:
     global _record
     from mrjob.job import MRJob
 
-    _record = {"process": _process_start(), "main": time.time(), "pid": os.getpid()}
+    _record = {"process": process_start(), "main": time.time(), "pid": os.getpid()}
     for kind in ("map", "combine", "reduce"):
         name = f"{kind}_pairs"
         setattr(MRJob, name, _traced(kind, getattr(MRJob, name)))
