@@ -3,21 +3,57 @@
 Starts the cluster once for the module (`make minicluster`; the first start
 downloads Hadoop 3.5.0 from Maven Central) and stops it at the end. Under CI
 (CI=true) a missing Java or Maven is a failure, never a skip.
+
+What runs on ``-r hadoop`` (each compared with the same job on ``-r local``
+or with the collective run, and with a numpy reference):
+
+- MDS (Map-AllGather, parse_input cached per machine) with the default store,
+  which lives on HDFS under the user's tmp dir and is removed after the run;
+- plain-mrjob MDS (one job per iteration, combiner + reducer);
+- the streaming front end: K-means (`--allreduce sum` + a post-process command)
+  and MDS (`--allgather`), the mapper scripts shipped to the tasks with
+  mrjob's ``--dirs``;
+- K-means with checkpoints on an explicit ``hdfs://`` store and iteration 2's
+  result lost over TCP to every non-root node (read back from HDFS);
+- plain-mrjob K-means.
+
+Each ``-r hadoop`` iteration costs 25-50 s on a 2-core machine (a YARN
+application plus mrjob's ``hadoop`` client JVMs), so every run is 2 iterations
+of small data, inputs are uploaded to HDFS once (mrjob would upload local
+inputs again for every iteration's job), and mrjob is not bootstrapped into
+the tasks (the tasks' python, --python-bin, has it installed).
+
+Nothing here imports hdfs-native (HDFS is read with the cluster's own
+``hadoop fs``, in child processes): its runtime threads in this process would
+make later fork()s unsafe (mrjob's local runner forks its worker pool).
 """
 
+import getpass
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, kmeans_reference
+from conftest import MAPPERS, ROOT, kmeans_reference
 from hcollectives.frontends import datagen
+from hcollectives.frontends.examples import load_example
+from test_mds import assert_rel_close, smacof_reference
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+
+ITERATIONS = 2  # per run: each -r hadoop iteration is a YARN application
+SPLITS = 4  # input files, so 4 map tasks per iteration
+# Where task-started daemons of a cluster run meet on this host (rendezvous.default_rundir).
+NODE_TMP = Path("/tmp") / f"hcollectives-{os.getuid()}"
 
 
 def _need_tools() -> None:
@@ -43,33 +79,365 @@ def cluster_env():
         subprocess.run(["make", "minicluster-stop"], cwd=ROOT, capture_output=True, timeout=300)
 
 
-def test_kmeans_on_yarn_with_hdfs_checkpoints_and_a_lost_broadcast(cluster_env, tmp_path):
-    data = datagen.kmeans(str(tmp_path), points=600, dims=3, clusters=3, splits=4, seed=2)
+# -- helpers --------------------------------------------------------------------------------------
+
+
+# A run is 2 iterations: 1-2 minutes here. A hung one fails in minutes rather than
+# holding the module for the 10-minute Hadoop task timeout and its retries:
+# collective runs bound each iteration (the driver then aborts the session, and
+# waiting tasks exit naming where they waited); every run is bounded as a whole.
+ITERATION_TIMEOUT = ["--iteration-timeout", "180"]
+RUN_TIMEOUT = 600
+
+
+def run(cmd, env, *, cwd=None, timeout=RUN_TIMEOUT):
+    """The command's CompletedProcess; on timeout one with returncode None and the output so far."""
+    cmd = [str(c) for c in cmd]
+    started = time.time()
+    try:
+        done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out, err = (x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (exc.stdout, exc.stderr))
+        done = subprocess.CompletedProcess(cmd, None, out, err + f"\n[test: killed after {timeout} s]")
+    done.started = started
+    return done
+
+
+def hadoop_fs(env, *args, timeout=120):
+    """`hadoop fs ARGS` with the cluster's own client, in a child process."""
+    return run(["hadoop", "fs", *args], env, timeout=timeout)
+
+
+def hdfs_entries(listing: str) -> list[str]:
+    """Paths in `hadoop fs -ls` output (files and directories; not the "Found N items" line)."""
+    return [line.split()[-1] for line in listing.splitlines() if line[:1] in ("-", "d")]
+
+
+def mrjob_hadoop_args(env) -> list[str]:
+    # --no-bootstrap-mrjob: the tasks' python (--python-bin, this venv) has mrjob
+    # installed, so mrjob need not upload and unpack its own zip for every job.
+    return [*shlex.split(env["MRJOB_HADOOP_ARGS"]), "--no-conf", "--no-bootstrap-mrjob"]
+
+
+# 2 GiB map containers on 4 GiB NodeManagers: at most two maps fit on one, so
+# four maps always use both NodeManagers, i.e. two nodes and two daemons.
+TWO_NODES = ["--jobconf", "mapreduce.map.memory.mb=2048"]
+
+
+def default_store_base(env) -> str:
+    """Where -r hadoop keeps a run's store when --checkpoint-uri is not given (hadoop_conf.temporary_store_base)."""
+    user = env.get("HADOOP_USER_NAME") or getpass.getuser()
+    return f"{env['MINICLUSTER_FS_DEFAULT']}/user/{user}/tmp/hcollectives"
+
+
+def assert_no_session_in_default_store(env) -> None:
+    base = default_store_base(env)
+    listing = hadoop_fs(env, "-ls", base)
+    assert listing.returncode == 0, f"{base} should exist on HDFS: {listing.stderr[-2000:]}"
+    assert hdfs_entries(listing.stdout) == [], f"session store(s) left in {base}:\n{listing.stdout}"
+
+
+def stderr_tail(done) -> str:
+    """The end of a run's stderr; for a failed run also what its tasks and daemons wrote on the cluster."""
+    text = done.stderr[-5000:]
+    if done.returncode != 0:
+        text += "\n" + cluster_logs_since(done.started)
+    return text
+
+
+def cluster_logs_since(started: float, limit: int = 12000) -> str:
+    """Ends of the task containers' stderr and of the node daemons' logs written since *started*.
+
+    The mini-cluster's container logs are deleted when it stops (after this
+    module), so a failure message must carry them."""
+    parts = []
+    containers = sorted((ROOT / ".minicluster" / "logs").glob("nm-*/userlogs/application_*/container_*/stderr"))
+    daemons = sorted(NODE_TMP.glob("*/nodes/*/daemon.log"))
+    for path in containers + daemons:
+        try:
+            if path.stat().st_mtime < started:
+                continue
+            lines = [line for line in path.read_text(errors="replace").splitlines()
+                     if line.strip() and not line.startswith("log4j:")]
+        except OSError:
+            continue
+        if lines:
+            parts.append(f"--- {path}\n" + "\n".join(lines[-15:]))
+    text = "\n".join(parts)[-limit:] or "(none)"
+    return f"[cluster logs since the run started]\n{text}"
+
+
+class ClusterRunWatcher(threading.Thread):
+    """Watches one cluster run from the outside, while it runs.
+
+    On this host (both NodeManagers are here): the run's session directory
+    under /tmp/hcollectives-<uid>/ (new since the watcher started, with node
+    directories named after YARN NodeManagers) and whether it ever held a
+    ``split-cache``. With *hdfs_base*: lists ``<hdfs_base>/<session>`` now and
+    then (a `hadoop fs` JVM each time) until it holds every task's
+    contribution to one iteration, to see the default store at work on HDFS.
+    """
+
+    def __init__(self, env, hdfs_base: str | None = None, poll: float = 0.5, hdfs_every: float = 10.0):
+        super().__init__(daemon=True)
+        self.env, self.hdfs_base, self.poll, self.hdfs_every = env, hdfs_base, poll, hdfs_every
+        self.before = set(self._dirs())
+        self.sessions: set[str] = set()
+        self.split_cache_seen: set[str] = set()
+        self.hdfs_files: list[str] = []
+        self.hdfs_done = False
+        self._halt = threading.Event()
+
+    @staticmethod
+    def _dirs() -> list[str]:
+        try:
+            return [p.name for p in NODE_TMP.iterdir() if p.is_dir()]
+        except FileNotFoundError:
+            return []
+
+    def _look(self) -> None:
+        for name in set(self._dirs()) - self.before:
+            session = NODE_TMP / name
+            try:  # daemons remove what they can of it when the session ends
+                if any(n.name.startswith("localhost_") for n in (session / "nodes").iterdir()):
+                    self.sessions.add(name)  # NM_HOST=localhost, NM_PORT=...: a YARN task's node
+            except OSError:
+                pass
+            if (session / "split-cache").is_dir():
+                self.split_cache_seen.add(name)
+
+    def _list_hdfs(self) -> None:
+        (session,) = self.sessions
+        listing = hadoop_fs(self.env, "-ls", "-R", f"{self.hdfs_base}/{session}")
+        if listing.returncode == 0:
+            self.hdfs_files = hdfs_entries(listing.stdout)
+            tasks: dict[str, set[str]] = {}  # iteration -> tasks with a checkpointed contribution
+            for path in self.hdfs_files:
+                if "/tasks/" in path and path.endswith(".npz"):
+                    iteration = path.split("/iter-")[1].split("/")[0]
+                    tasks.setdefault(iteration, set()).add(path.split("/tasks/")[1].split("/")[0])
+            self.hdfs_done = any(len(t) == SPLITS for t in tasks.values())
+
+    def run(self) -> None:
+        last_hdfs = 0.0
+        while not self._halt.wait(self.poll):
+            self._look()
+            if (self.hdfs_base and not self.hdfs_done and len(self.sessions) == 1
+                    and time.monotonic() - last_hdfs >= self.hdfs_every):
+                last_hdfs = time.monotonic()
+                self._list_hdfs()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=180)
+        self._look()
+
+
+def wait_for_split_cache_removal(session: str, timeout: float = 30.0) -> bool:
+    """Task-started daemons remove the cache when their session ends, just after the driver exits."""
+    deadline = time.monotonic() + timeout
+    while (NODE_TMP / session / "split-cache").exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+# -- data: generated once, uploaded to HDFS once ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(cluster_env, tmp_path_factory):
+    stage = tmp_path_factory.mktemp("hdfs-inputs")
+    kmeans = datagen.kmeans(str(stage / "kmeans"), points=600, dims=3, clusters=3, splits=SPLITS, seed=2)
+    mds = datagen.mds(str(stage / "mds"), n=120, dims=3, splits=SPLITS, seed=3)
+    target = f"/hc-test-inputs-{uuid.uuid4().hex[:8]}"
+    put = hadoop_fs(cluster_env, "-put", stage, target)  # one client JVM for both data sets
+    assert put.returncode == 0, put.stderr[-2000:]
     fs = cluster_env["MINICLUSTER_FS_DEFAULT"]
-    store = f"{fs}/hc-test-{tmp_path.name}"
-    result = tmp_path / "centroids.npy"
+    # One glob per data set: mrjob checks each input path with a `hadoop fs -ls` of its own.
+    delta = load_example("mds").load_delta(mds.inputs)
+    mds = SimpleNamespace(inputs=mds.inputs, initial=mds.initial, hdfs=f"{fs}{target}/mds/distances-*.txt",
+                          expected=smacof_reference(delta, np.load(mds.initial), ITERATIONS))
+    points = datagen.load_points(kmeans.inputs)
+    kmeans = SimpleNamespace(inputs=kmeans.inputs, initial=kmeans.initial, points=points,
+                             hdfs=f"{fs}{target}/kmeans/points-*.txt",
+                             expected=kmeans_reference(points, np.load(kmeans.initial), ITERATIONS))
+    return SimpleNamespace(kmeans=kmeans, mds=mds)
+
+
+# -- MDS: collective (default HDFS store), plain mrjob, streaming ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def mds_on_yarn(cluster_env, data, tmp_path_factory):
+    """examples/mds.py on -r hadoop without --checkpoint-uri, watched from outside while it runs."""
+    result = tmp_path_factory.mktemp("mds-yarn") / "x.npy"
+    watcher = ClusterRunWatcher(cluster_env, hdfs_base=default_store_base(cluster_env))
+    watcher.start()
+    try:
+        done = run([sys.executable, ROOT / "examples" / "mds.py", *mrjob_hadoop_args(cluster_env), *TWO_NODES,
+                    *ITERATION_TIMEOUT, "--initial", data.mds.initial, "--max-iterations", ITERATIONS,
+                    "--tolerance", "0", "--result", result, data.mds.hdfs], cluster_env)
+    finally:
+        watcher.stop()
+    return SimpleNamespace(done=done, result=result, watcher=watcher)
+
+
+def test_mds_on_yarn_with_the_default_hdfs_store(cluster_env, data, mds_on_yarn, no_orphan_daemons):
+    done, watcher = mds_on_yarn.done, mds_on_yarn.watcher
+    assert done.returncode == 0, stderr_tail(done)
+    assert f"{ITERATIONS} iteration(s), did not converge" in done.stderr, stderr_tail(done)
+    x = np.load(mds_on_yarn.result)
+    assert_rel_close(x, data.mds.expected)
+    # The same job on -r local (two simulated nodes) gives the same X.
+    local = load_example("mds").MRMDS(args=[
+        "-r", "local", "-q", "--initial", data.mds.initial, "--max-iterations", str(ITERATIONS),
+        "--tolerance", "0", "--local-nodes", "2", *data.mds.inputs]).iterate()
+    assert local.iterations == ITERATIONS and not local.converged
+    assert_rel_close(x, local.loop_data)
+
+    # One session on this host, with a daemon for each of the two NodeManagers.
+    assert len(watcher.sessions) == 1, (watcher.sessions, stderr_tail(done))
+    (session,) = watcher.sessions
+    nodes = sorted(p.name for p in (NODE_TMP / session / "nodes").iterdir())
+    assert len(nodes) == 2 and all(n.startswith("localhost_") for n in nodes), nodes
+    # While it ran, the default store was on HDFS, under the user's tmp dir, and
+    # held every task's contribution to an iteration ...
+    assert watcher.hdfs_done, (f"never saw {SPLITS} contributions of one iteration in "
+                               f"{default_store_base(cluster_env)}/{session}: {watcher.hdfs_files}")
+    # ... and it is gone now: the base directory is there, without any session in it.
+    assert_no_session_in_default_store(cluster_env)
+    # The tasks parsed their splits once per machine into a split cache, which the
+    # daemons removed when the session ended.
+    assert session in watcher.split_cache_seen, "the parsed-split cache was never used on the cluster"
+    assert wait_for_split_cache_removal(session), f"{NODE_TMP / session / 'split-cache'} outlived the run"
+    new_dirs = set(watcher._dirs()) - watcher.before  # this run's, and any other that started meanwhile
+    assert not [d for d in new_dirs if (NODE_TMP / d / "split-cache").exists()], new_dirs
+
+
+def test_vanilla_mds_on_yarn_matches_the_collective_run(cluster_env, data, mds_on_yarn, tmp_path):
+    result = tmp_path / "x.npy"
+    done = run([sys.executable, ROOT / "examples" / "mds_vanilla.py", "--initial", data.mds.initial,
+                "--max-iterations", ITERATIONS, "--tolerance", "0", "--result", result,
+                *mrjob_hadoop_args(cluster_env), data.mds.hdfs], cluster_env)
+    assert done.returncode == 0, stderr_tail(done)
+    assert f"{ITERATIONS} iteration(s), did not converge" in done.stderr, stderr_tail(done)
+    x = np.load(result)
+    assert_rel_close(x, data.mds.expected)
+    assert mds_on_yarn.done.returncode == 0, "the collective MDS run on YARN failed (see its own test)"
+    assert_rel_close(x, np.load(mds_on_yarn.result))
+
+
+def streaming(runner_args, mapper_args, result, inputs, env, *, mrjob_args=(), cwd=ROOT):
+    """`hcollectives run` (the streaming front end) in a child process."""
+    return run([sys.executable, "-m", "hcollectives", "run", *runner_args, *mapper_args,
+                "--max-iterations", ITERATIONS, *ITERATION_TIMEOUT, "--result", result, *inputs, "--", *mrjob_args],
+               env, cwd=cwd)
+
+
+def streaming_on_yarn(cluster_env, mapper_args, result, hdfs_input):
+    # `hcollectives run` needs -r and --python-bin itself (the python running
+    # `hcollectives wrap` in the tasks; mrjob's --python-bin after `--` is
+    # mrjob's own). The mapper commands name mappers/*.py relative to the
+    # working directory: in the tasks that is the container's, where mrjob's
+    # --dirs unpacks mappers/; the driver (which runs --post-process too) runs in ROOT.
+    return streaming(["-r", "hadoop", "--python-bin", sys.executable], mapper_args, result, [hdfs_input],
+                     cluster_env, mrjob_args=[*mrjob_hadoop_args(cluster_env), "--dirs", MAPPERS])
+
+
+def streaming_on_local(mapper_args, result, inputs):
+    mapper_args = [a.replace("mappers/", f"{MAPPERS}/") for a in mapper_args]  # absolute: tasks run elsewhere
+    return streaming(["-r", "local", "-q", "--local-nodes", "2"], mapper_args, result, inputs, None)
+
+
+def test_streaming_kmeans_on_yarn_matches_local(cluster_env, data, tmp_path, no_orphan_daemons):
+    mapper = f"{sys.executable} mappers/kmeans_mapper.py"
+    args = ["--mapper", mapper, "--allreduce", "sum", "--post-process", f"{mapper} --post-process",
+            "--initial", data.kmeans.initial]
+    done = streaming_on_yarn(cluster_env, args, tmp_path / "yarn.npz", data.kmeans.hdfs)
+    assert done.returncode == 0, stderr_tail(done)
+    assert f"{ITERATIONS} iteration(s), did not converge" in done.stderr, stderr_tail(done)
+    assert_no_session_in_default_store(cluster_env)
+    local = streaming_on_local(args, tmp_path / "local.npz", data.kmeans.inputs)
+    assert local.returncode == 0, stderr_tail(local)
+    # --result is the last AllReduce result: per cluster, [sum of its points..., count],
+    # the clusters taken from the centroids after ITERATIONS - 1 iterations.
+    pts = data.kmeans.points
+    before_last = kmeans_reference(pts, np.load(data.kmeans.initial), ITERATIONS - 1)
+    labels = ((pts[:, None, :] - before_last[None]) ** 2).sum(2).argmin(1)
+    with np.load(tmp_path / "yarn.npz") as yarn, np.load(tmp_path / "local.npz") as loc:
+        keys = sorted(yarn.files, key=int)
+        assert keys == sorted(loc.files, key=int) == [str(k) for k in sorted(set(labels.tolist()))]
+        for key in keys:
+            members = pts[labels == int(key)]
+            np.testing.assert_allclose(yarn[key][:-1], members.sum(0), rtol=1e-12, atol=1e-9)
+            assert yarn[key][-1] == len(members)
+            np.testing.assert_allclose(yarn[key], loc[key], rtol=1e-9, atol=0)
+
+
+# -- K-means: collective (explicit HDFS store, a lost broadcast), plain mrjob ----------------------
+
+
+@pytest.fixture(scope="module")
+def kmeans_on_yarn(cluster_env, data, tmp_path_factory):
+    store = f"{cluster_env['MINICLUSTER_FS_DEFAULT']}/hc-test-{uuid.uuid4().hex[:8]}"
+    result = tmp_path_factory.mktemp("kmeans-yarn") / "centroids.npy"
     # Every non-root node loses iteration 2's result over TCP and must read it from HDFS.
-    # 2 GiB map containers on 4 GiB NodeManagers: at most two maps fit on one, so
-    # four maps always use both NodeManagers, i.e. two nodes and two daemons.
-    cmd = [sys.executable, str(ROOT / "examples" / "kmeans.py"), *shlex.split(cluster_env["MRJOB_HADOOP_ARGS"]),
-           "--no-conf", "--jobconf", "mapreduce.map.memory.mb=2048",
-           "--cmdenv", "HCOLLECTIVES_FAULTS=drop:result:*:2", "--checkpoint-uri", store,
-           "--fallback-timeout", "2", "--initial", data.initial, "--max-iterations", "2", "--tolerance", "0",
-           "--result", str(result), *data.inputs]
-    done = subprocess.run(cmd, env=cluster_env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-5000:]
-    expected = kmeans_reference(datagen.load_points(data.inputs), np.load(data.initial), 2)
-    np.testing.assert_allclose(np.load(result), expected, rtol=0, atol=1e-9)
+    done = run([sys.executable, ROOT / "examples" / "kmeans.py", *mrjob_hadoop_args(cluster_env), *TWO_NODES,
+                "--cmdenv", "HCOLLECTIVES_FAULTS=drop:result:*:2", "--checkpoint-uri", store,
+                "--fallback-timeout", "2", *ITERATION_TIMEOUT, "--initial", data.kmeans.initial,
+                "--max-iterations", ITERATIONS,
+                "--tolerance", "0", "--result", result, data.kmeans.hdfs], cluster_env)
+    return SimpleNamespace(done=done, result=result, store=store)
+
+
+def test_kmeans_on_yarn_with_hdfs_checkpoints_and_a_lost_broadcast(cluster_env, data, kmeans_on_yarn):
+    done, store = kmeans_on_yarn.done, kmeans_on_yarn.store
+    assert done.returncode == 0, stderr_tail(done)
+    np.testing.assert_allclose(np.load(kmeans_on_yarn.result), data.kmeans.expected, rtol=0, atol=1e-9)
     # Two NodeManagers on one host are two nodes, so there is a child to lose the result ...
-    assert "1 store fallback(s):" in done.stderr and "read it from the store" in done.stderr, done.stderr[-3000:]
-    # ... and every task's contribution was checkpointed on HDFS. Listed with the
-    # cluster's own `hadoop fs`, in a child process: loading hdfs-native (and its
-    # Rust runtime threads) into this process would make later fork()s unsafe
-    # (mrjob's local runner forks its worker pool).
-    listing = subprocess.run(["hadoop", "fs", "-ls", "-R", f"{store}/sessions"], env=cluster_env,
-                             capture_output=True, text=True, timeout=120)
+    assert "1 store fallback(s):" in done.stderr and "read it from the store" in done.stderr, stderr_tail(done)
+    # ... and every task's contribution was checkpointed on HDFS.
+    listing = hadoop_fs(cluster_env, "-ls", "-R", f"{store}/sessions")
     assert listing.returncode == 0, listing.stderr[-2000:]
     files = [line.split()[-1] for line in listing.stdout.splitlines() if line.startswith("-")]
-    for iteration in (1, 2):
-        pieces = [f for f in files if f"/iter-{iteration:06d}/tasks/" in f and f.endswith(".npz")]
-        assert len(pieces) == 4, files
+    for iteration in range(1, ITERATIONS + 1):
+        # tasks/<task>/<attempt>.npz. Hadoop may run a second attempt of a task
+        # (a retry, or speculative execution of a slow one); its piece is
+        # checkpointed too, and the coordinator counts only one per task.
+        pieces = [f.split(f"/iter-{iteration:06d}/tasks/")[1] for f in files
+                  if f"/iter-{iteration:06d}/tasks/" in f and f.endswith(".npz")]
+        tasks = {piece.split("/")[0] for piece in pieces}
+        assert len(tasks) == SPLITS, "\n".join(files)
+        assert all(piece.split("/")[1].startswith(piece.split("/")[0].replace("task_", "attempt_"))
+                   for piece in pieces), "\n".join(files)
+
+
+def test_vanilla_kmeans_on_yarn_matches_the_collective_run(cluster_env, data, kmeans_on_yarn, tmp_path):
+    result = tmp_path / "centroids.npy"
+    done = run([sys.executable, ROOT / "examples" / "kmeans_vanilla.py", "--initial", data.kmeans.initial,
+                "--max-iterations", ITERATIONS, "--tolerance", "0", "--result", result,
+                *mrjob_hadoop_args(cluster_env), data.kmeans.hdfs], cluster_env)
+    assert done.returncode == 0, stderr_tail(done)
+    assert f"{ITERATIONS} iteration(s), did not converge" in done.stderr, stderr_tail(done)
+    centroids = np.load(result)
+    np.testing.assert_allclose(centroids, data.kmeans.expected, rtol=0, atol=1e-9)
+    assert kmeans_on_yarn.done.returncode == 0, "the collective K-means run on YARN failed (see its own test)"
+    assert_rel_close(centroids, np.load(kmeans_on_yarn.result))
+
+
+# -- streaming MDS (last: lowest priority for the time budget) -----------------------------------------
+
+
+def test_streaming_mds_on_yarn_matches_local(cluster_env, data, tmp_path, no_orphan_daemons):
+    args = ["--mapper", f"{sys.executable} mappers/mds_bc_mapper.py", "--allgather", "--initial", data.mds.initial]
+    done = streaming_on_yarn(cluster_env, args, tmp_path / "yarn.npy", data.mds.hdfs)
+    assert done.returncode == 0, stderr_tail(done)
+    assert f"{ITERATIONS} iteration(s), did not converge" in done.stderr, stderr_tail(done)
+    assert_no_session_in_default_store(cluster_env)
+    local = streaming_on_local(args, tmp_path / "local.npy", data.mds.inputs)
+    assert local.returncode == 0, stderr_tail(local)
+    x = np.load(tmp_path / "yarn.npy")  # the last AllGather result: X after ITERATIONS Guttman transforms
+    assert_rel_close(x, data.mds.expected)
+    assert_rel_close(x, np.load(tmp_path / "local.npy"))

@@ -272,3 +272,11 @@ def test_tasks_start_through_the_fork_server_by_default(kmeans_data, monkeypatch
     expected = kmeans_reference(points(kmeans_data), np.load(kmeans_data.initial), 2)
     np.testing.assert_allclose(out.loop_data, expected, rtol=0, atol=1e-9)
     assert seen and all(b == [sys.executable, "-m", "hcollectives.frontends.task_stub"] for b in seen)
+
+
+def test_inline_runner_never_runs_two_jobs_at_once(kmeans_data):
+    """mrjob's inline runner runs a job inside the driver's process; speculation is off there."""
+    module = load_example("kmeans")
+    for runner, expected in (("inline", False), ("local", True)):
+        job = module.MRKMeans(args=["-r", runner, "--initial", kmeans_data.initial, *kmeans_data.inputs])
+        assert job.loop_options().speculative is expected

@@ -109,3 +109,55 @@ async def _claim_and_seal_in_one_read(collective: str) -> None:
 @pytest.mark.parametrize("collective", ["allreduce", "allgather"])
 def test_own_contribution_counts_when_seal_follows_claim_result_at_once(collective):
     trio.run(_claim_and_seal_in_one_read, collective)
+
+
+# -- a reply that arrives while the request is still being sent ---------------------------------
+
+class _CoordinatorReplyingDuringSend:
+    """A coordinator link whose LoopData reply is delivered before the GetLoopData send returns.
+
+    On a loaded machine the session's coordinator reader can run while the task's
+    request is still inside `send`; the session must not miss that wakeup."""
+
+    def __init__(self, session, during_send: bool) -> None:
+        self.session, self.during_send = session, during_send
+
+    async def send(self, event, timeout=None):
+        reply = m.LoopData(event.session, event.iteration, np.ones((2, 2)), False)
+        if isinstance(event, m.GetLoopData) and self.during_send:
+            self.session._on_coordinator(reply)
+        await trio.lowlevel.checkpoint()
+        if isinstance(event, m.GetLoopData) and not self.during_send:
+            async def later():
+                await trio.sleep(0.05)
+                self.session._on_coordinator(reply)
+            self.session.nursery.start_soon(later)
+
+
+class _TaskLink:
+    def __init__(self) -> None:
+        self.sent = []
+
+    async def send(self, event, timeout=None):
+        self.sent.append(event)
+
+
+@pytest.mark.parametrize("during_send", [False, True], ids=["reply-after-send", "reply-during-send"])
+def test_loop_data_reply_read_during_the_request_is_not_missed(during_send):
+    from hcollectives.services.faults import Faults
+    from hcollectives.services.node_session import NodeSession
+
+    async def main():
+        session = NodeSession(node="n0", address="127.0.0.1:1", session="s1", coordinator="127.0.0.1:2",
+                              secret=b"x" * 32, timeouts=Timeouts(loop_data=5.0), faults=Faults())
+        session.info = m.SessionInfo("s1", "allreduce", "sum", 2, "", 2.0, 1, False, 0)
+        session._coordinator = _CoordinatorReplyingDuringSend(session, during_send)
+        task = _TaskLink()
+        async with trio.open_nursery() as nursery:
+            session.nursery = nursery
+            with trio.fail_after(2):  # far below the 5 s loop-data timeout a missed wakeup would hit
+                await session.serve_loop_data(task, 1)
+        assert [type(e) for e in task.sent] == [m.LoopData]
+        np.testing.assert_array_equal(task.sent[0].data, np.ones((2, 2)))
+
+    trio.run(main)

@@ -55,8 +55,13 @@ def loop_options_from_args(o: Any, collective: AllReduce | AllGather, *, runner:
     if runner == "hadoop" and not o.checkpoint_uri:
         extra["temporary_store"] = temporary_store_base(tmp_dir=hadoop_tmp_dir)
     extra["share_rundir"] = runner in ("local", "inline")
-    return LoopOptions(collective=collective.name, op=collective.op, max_iterations=o.max_iterations,
-                       speculative=o.speculative, local_nodes=o.local_nodes, fanout=o.fanout,
+    if runner == "inline":
+        # mrjob's inline runner runs a job inside this process (changing its
+        # working directory and sys.std*): two jobs at once, as speculation
+        # would run them, trample each other.
+        extra["speculative"] = False
+    extra.setdefault("speculative", o.speculative)
+    return LoopOptions(collective=collective.name, op=collective.op, max_iterations=o.max_iterations, local_nodes=o.local_nodes, fanout=o.fanout,
                        checkpoint_uri=o.checkpoint_uri, resume=o.resume, fallback_timeout=o.fallback_timeout,
                        iteration_timeout=o.iteration_timeout,
                        allow_nonfinite=collective.allow_nonfinite, coordinator_host=o.coordinator_host,

@@ -183,9 +183,11 @@ class NodeSession:
         except HCollectivesError:
             pass
 
-    async def _wait_change(self, deadline: float) -> None:
+    async def _wait_change(self, deadline: float, changed: trio.Event | None = None) -> None:
+        """Wait for the next _notify (or for *changed*, an event taken before the
+        caller last looked at the state, so nothing in between is missed)."""
         with trio.move_on_at(deadline):
-            await self._changed.wait()
+            await (self._changed if changed is None else changed).wait()
             return
         raise CollectiveTimeout("deadline passed")
 
@@ -196,6 +198,11 @@ class NodeSession:
         deadline = trio.current_time() + self.timeouts.loop_data
         first = self.info.first_iteration
         while True:
+            # Taken before looking at the state: a change that happens while we
+            # look, or while _ask_coordinator below is sending (the reply can be
+            # read before the send returns), sets this event, so the wait at the
+            # bottom returns at once instead of missing the wakeup.
+            changed = self._changed
             state = self.it(iteration)
             stop = self.stopped_for(iteration)
             if state.loop is not None and state.converged_before:
@@ -217,7 +224,7 @@ class NodeSession:
                         return  # the lease holder computed the data itself
                     continue
             try:
-                await self._wait_change(deadline)
+                await self._wait_change(deadline, changed)
             except CollectiveTimeout:
                 raise CollectiveTimeout(f"no loop data for iteration {iteration} within {self.timeouts.loop_data:g}s") from None
 
