@@ -41,17 +41,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mrjob runner; hadoop needs a cluster (make minicluster; . .minicluster/env.sh)")
     parser.add_argument("--local-nodes", default="1,2,4", help="comma-separated simulated node counts (local runner)")
     parser.add_argument("--iterations", type=int, default=6)
-    parser.add_argument("--points", type=int, default=20000, help="K-means points")
-    parser.add_argument("--dims", type=int, default=8, help="K-means dimensions")
-    parser.add_argument("--clusters", type=int, default=8, help="K-means clusters")
-    parser.add_argument("--mds-n", type=int, default=1000, help="MDS points (the distance matrix is N x N)")
-    parser.add_argument("--splits", type=int, default=4, help="input files = map tasks per iteration")
+    add_data_arguments(parser)
     parser.add_argument("--num-cores", type=int, default=None, help="mrjob local runner parallelism")
     parser.add_argument("--collectives", action="store_true",
                         help="also time AllReduce/AllGather across 2 and 4 daemons, loopback and Open MPI")
     parser.add_argument("--skip-apps", action="store_true", help="only the collectives micro-benchmark")
     parser.add_argument("--out", help="write the JSON here too")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generated inputs' sizes (read by make_data), shared with `hcollectives demo`."""
+    parser.add_argument("--points", type=int, default=20000, help="K-means points")
+    parser.add_argument("--dims", type=int, default=8, help="K-means dimensions")
+    parser.add_argument("--clusters", type=int, default=8, help="K-means clusters")
+    parser.add_argument("--mds-n", type=int, default=1000, help="MDS points (the distance matrix is N x N)")
+    parser.add_argument("--splits", type=int, default=4, help="input files = map tasks per iteration")
 
 
 def quiet_mrjob() -> None:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import Any
 
-from .bench import make_data, quiet_mrjob, runner_args
+from .bench import add_data_arguments, make_data, quiet_mrjob, runner_args
 from .breakdown import PARTS
 from .comparison import APPS, compare
 
@@ -28,11 +28,7 @@ PART_LABELS = {"scheduling": "scheduling", "data_load": "data load", "compute": 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--apps", default="kmeans,mds", help="comma-separated: kmeans, mds")
     parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--points", type=int, default=20000, help="K-means points")
-    parser.add_argument("--dims", type=int, default=8, help="K-means dimensions")
-    parser.add_argument("--clusters", type=int, default=8, help="K-means clusters")
-    parser.add_argument("--mds-n", type=int, default=1000, help="MDS points")
-    parser.add_argument("--splits", type=int, default=4)
+    add_data_arguments(parser)
     parser.add_argument("--local-nodes", type=int, default=1, help="simulated nodes for hcollectives")
     parser.add_argument("--chart", default="demo-breakdown.png", help="where to write the PNG chart")
     parser.add_argument("--json", help="also write the measurements as JSON")

@@ -54,15 +54,15 @@ import threading
 import time
 import traceback
 
-MAX_REQUEST = 1 << 20
+# The request format is the stub's: one definition of it, on the light side.
+from ..frontends.task_stub import _HEADER, MAX_REQUEST, PROCESS_START_ENV, _inside
+from ..frontends.task_trace import TRACE_ENV
+
 MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT = 10.0  # a stub sends its request at once; a silent peer is dropped
 SCRIPT_IMPORT_TIMEOUT = 10.0  # a script that does work at its top level (unguarded by __main__)
 CHECK_INTERVAL = 1.0  # how often the socket file's presence is checked
 SCRIPT_MODULE = "__hcollectives_zygote_script__"
-PROCESS_START_ENV = "HCOLLECTIVES_PROCESS_START"
-TRACE_ENV = "HCOLLECTIVES_TRACE_DIR"
-_HEADER = struct.Struct("!I")
 _PEERCRED = struct.Struct("3i")
 _FDS = 3
 
@@ -582,10 +582,6 @@ def _reseed() -> None:
 
 # -- start-up ----------------------------------------------------------------------------------
 
-def _inside(path: str, directories: list[str]) -> bool:
-    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in directories)
-
-
 def warm(script: str, task_path: list[str], timeout: float = SCRIPT_IMPORT_TIMEOUT) -> None:
     """Import what a task will: numpy, mrjob, hcollectives' task side, and the script's own imports.
 
@@ -631,7 +627,7 @@ def warm(script: str, task_path: list[str], timeout: float = SCRIPT_IMPORT_TIMEO
         local = [script_dir] + [os.path.realpath(p) for p in task_path] + list(task_path)
         for name, module in list(sys.modules.items()):
             file = getattr(module, "__file__", None)
-            if name == SCRIPT_MODULE or (name not in before and file and _inside(os.path.realpath(file), local)):
+            if name == SCRIPT_MODULE or (name not in before and file and any(_inside(os.path.realpath(file), d) for d in local)):
                 del sys.modules[name]
         importlib.invalidate_caches()
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1
