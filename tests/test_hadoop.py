@@ -384,7 +384,12 @@ def kmeans_on_yarn(cluster_env, data, tmp_path_factory):
     store = f"{cluster_env['MINICLUSTER_FS_DEFAULT']}/hc-test-{uuid.uuid4().hex[:8]}"
     result = tmp_path_factory.mktemp("kmeans-yarn") / "centroids.npy"
     # Every non-root node loses iteration 2's result over TCP and must read it from HDFS.
+    # --no-speculative: only then is every iteration sure to use both NodeManagers
+    # (one MR application master + 2 GiB maps leave 3 map slots for 4 maps, so all
+    # of them fill); with the next iteration's master on the same NodeManager, a
+    # whole iteration can run on the other one, and then nobody has a result to lose.
     done = run([sys.executable, ROOT / "examples" / "kmeans.py", *mrjob_hadoop_args(cluster_env), *TWO_NODES,
+                "--no-speculative",
                 "--cmdenv", "HCOLLECTIVES_FAULTS=drop:result:*:2", "--checkpoint-uri", store,
                 "--fallback-timeout", "2", *ITERATION_TIMEOUT, "--initial", data.kmeans.initial,
                 "--max-iterations", ITERATIONS,
