@@ -137,17 +137,25 @@ class Store:
 
     # -- plumbing -----------------------------------------------------------
 
-    def _call(self, op: str, relpath: str, fn: Callable[[], T], *, missing: bool = False) -> T:
+    def call(self, op: str, relpath: str, fn: Callable[[], T], *, timeout: float | None = None) -> T:
+        """Run *fn* (calls on `fs`) bounded by the store's timeout (or *timeout*),
+        its errors raised as StoreError naming *op* and *relpath*: for callers
+        that need filesystem operations the typed helpers do not offer."""
+        return self._call(op, relpath, fn, timeout=timeout)
+
+    def _call(self, op: str, relpath: str, fn: Callable[[], T], *, missing: bool = False,
+              timeout: float | None = None) -> T:
         """Run *fn* on the pool, wait at most `timeout`, translate its errors."""
+        timeout = self.timeout if timeout is None else timeout
         future = _POOL.submit(fn)
         try:
-            return future.result(timeout=self.timeout)
+            return future.result(timeout=timeout)
         except TimeoutError as exc:
             if future.done():  # fn itself raised TimeoutError: an I/O error, not ours
                 raise StoreError(f"store {self.url}: {op} {relpath} failed: {exc}") from exc
             future.cancel()  # a queued call must not run (e.g. write) after we gave up
             raise StoreTimeout(
-                f"store {self.url}: {op} {relpath} timed out after {self.timeout}s") from None
+                f"store {self.url}: {op} {relpath} timed out after {timeout:g}s") from None
         except HCollectivesError:
             raise
         except FileNotFoundError as exc:

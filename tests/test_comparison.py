@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from hcollectives.frontends import datagen
-from hcollectives.frontends.bench import runner_args
+from hcollectives.frontends import comparison
+from hcollectives.frontends.bench import HADOOP_EXTRA_ARGS, runner_args, ways_for
 from hcollectives.frontends.breakdown import PARTS
 from hcollectives.frontends.comparison import compare, read_traces, trace_args
 
@@ -66,3 +67,35 @@ def test_hadoop_runner_without_a_cluster_is_a_clear_error(monkeypatch):
     with pytest.raises(ConfigurationError, match="make minicluster"):
         runner_args("hadoop")
     assert runner_args("local", 3) == ["-r", "local", "--num-cores", "3"]
+
+
+def test_hadoop_runner_args_add_what_both_ways_share(monkeypatch):
+    monkeypatch.setenv("MRJOB_HADOOP_ARGS", "-r hadoop --hadoop-bin '/opt/my hadoop/bin/hadoop'")
+    assert runner_args("hadoop") == ["-r", "hadoop", "--hadoop-bin", "/opt/my hadoop/bin/hadoop", *HADOOP_EXTRA_ARGS]
+
+
+def test_ways_per_runner_and_a_clear_error_for_others():
+    from hcollectives import ConfigurationError
+
+    assert "no_fork_server" in ways_for("kmeans", "local", None)
+    assert "fork_server" in ways_for("kmeans", "hadoop", None) and "no_fork_server" not in ways_for("kmeans", "hadoop", None)
+    assert ways_for("mds", "hadoop", "vanilla,hadoop_fs_client") == ["vanilla", "hadoop_fs_client"]
+    with pytest.raises(ConfigurationError, match="--ways: no_input_cache; kmeans on the local runner has"):
+        ways_for("kmeans", "local", "vanilla,no_input_cache")
+    with pytest.raises(ConfigurationError, match="none given"):
+        ways_for("kmeans", "local", ",")
+
+
+@pytest.mark.parametrize("before", [None, "0"])
+def test_a_ways_environment_holds_for_its_run_only(monkeypatch, before):
+    seen = []
+    monkeypatch.setattr(comparison, "_run_way",
+                        lambda app, way, trace_dir, **kw: seen.append(comparison.os.environ.get("HCOLLECTIVES_ZYGOTE")))
+    if before is None:
+        monkeypatch.delenv("HCOLLECTIVES_ZYGOTE", raising=False)
+    else:
+        monkeypatch.setenv("HCOLLECTIVES_ZYGOTE", before)
+    comparison.run_way(comparison.APPS["kmeans"], comparison.WAYS["fork_server"], inputs=[], initial="",
+                       iterations=1, runner_args=[], local_nodes=1, stream=None)
+    assert seen == ["1"]
+    assert comparison.os.environ.get("HCOLLECTIVES_ZYGOTE") == before

@@ -269,19 +269,32 @@ def data(cluster_env, tmp_path_factory):
 # -- MDS: collective (default HDFS store), plain mrjob, streaming ----------------------------------
 
 
+def logging_hadoop_bin(env, directory: Path) -> tuple[list[str], Path]:
+    """--hadoop-bin for a `hadoop` that notes each command it is started for, then runs the real one."""
+    log, script = directory / "hadoop-calls", directory / "hadoop"
+    real = shlex.split(env["MRJOB_HADOOP_ARGS"])
+    real = real[real.index("--hadoop-bin") + 1]
+    script.write_text(f'#!/bin/sh\necho "$1 $2" >> {shlex.quote(str(log))}\nexec {shlex.quote(real)} "$@"\n')
+    script.chmod(0o755)
+    return ["--hadoop-bin", str(script)], log
+
+
 @pytest.fixture(scope="module")
 def mds_on_yarn(cluster_env, data, tmp_path_factory):
     """examples/mds.py on -r hadoop without --checkpoint-uri, watched from outside while it runs."""
-    result = tmp_path_factory.mktemp("mds-yarn") / "x.npy"
+    here = tmp_path_factory.mktemp("mds-yarn")
+    result = here / "x.npy"
+    hadoop_bin, calls = logging_hadoop_bin(cluster_env, here)
     watcher = ClusterRunWatcher(cluster_env, hdfs_base=default_store_base(cluster_env))
     watcher.start()
     try:
-        done = run([sys.executable, ROOT / "examples" / "mds.py", *mrjob_hadoop_args(cluster_env), *TWO_NODES,
-                    *ITERATION_TIMEOUT, "--initial", data.mds.initial, "--max-iterations", ITERATIONS,
+        done = run([sys.executable, ROOT / "examples" / "mds.py", *mrjob_hadoop_args(cluster_env), *hadoop_bin,
+                    *TWO_NODES, *ITERATION_TIMEOUT, "--initial", data.mds.initial, "--max-iterations", ITERATIONS,
                     "--tolerance", "0", "--result", result, data.mds.hdfs], cluster_env)
     finally:
         watcher.stop()
-    return SimpleNamespace(done=done, result=result, watcher=watcher)
+    return SimpleNamespace(done=done, result=result, watcher=watcher,
+                           hadoop_calls=calls.read_text().splitlines() if calls.exists() else [])
 
 
 def test_mds_on_yarn_with_the_default_hdfs_store(cluster_env, data, mds_on_yarn, no_orphan_daemons):
@@ -314,6 +327,15 @@ def test_mds_on_yarn_with_the_default_hdfs_store(cluster_env, data, mds_on_yarn,
     assert wait_for_split_cache_removal(session), f"{NODE_TMP / session / 'split-cache'} outlived the run"
     new_dirs = set(watcher._dirs()) - watcher.before  # this run's, and any other that started meanwhile
     assert not [d for d in new_dirs if (NODE_TMP / d / "split-cache").exists()], new_dirs
+
+
+def test_collective_runs_start_no_hadoop_fs_client(cluster_env, mds_on_yarn):
+    """mrjob's HDFS operations (input check, mkdir, uploads, cleanup) went through
+    hdfs-native in the driver: the only Java clients were `hadoop version`, once
+    for the run, and `hadoop jar`, once per iteration (mrjob_hdfs.py)."""
+    assert mds_on_yarn.done.returncode == 0, stderr_tail(mds_on_yarn.done)
+    commands = [line.split()[0] for line in mds_on_yarn.hadoop_calls]
+    assert sorted(commands) == ["jar"] * ITERATIONS + ["version"], mds_on_yarn.hadoop_calls
 
 
 def test_vanilla_mds_on_yarn_matches_the_collective_run(cluster_env, data, mds_on_yarn, tmp_path):

@@ -15,6 +15,7 @@ through mpi4py (same process counts and sizes), in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ import platform
 import shlex
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from ..errors import ConfigurationError
@@ -33,6 +36,14 @@ APP_WAYS = {
     "kmeans": ["vanilla", "hcollectives", "no_speculative", "no_fork_server"],
     "mds": ["vanilla", "hcollectives", "no_speculative", "no_input_cache", "no_fork_server"],
 }
+# On a cluster the fork server is opt-in and mrjob's HDFS calls are the other lever.
+HADOOP_WAYS = {
+    "kmeans": ["vanilla", "hcollectives", "no_speculative", "hadoop_fs_client", "fork_server"],
+    "mds": ["vanilla", "hcollectives", "no_speculative", "no_input_cache", "hadoop_fs_client", "fork_server"],
+}
+# Both ways on -r hadoop: no mrjob.conf, and the tasks' python (--python-bin) has
+# mrjob installed, so mrjob need not ship and unpack its zip for every job.
+HADOOP_EXTRA_ARGS = ["--no-conf", "--no-bootstrap-mrjob"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mrjob runner; hadoop needs a cluster (make minicluster; . .minicluster/env.sh)")
     parser.add_argument("--local-nodes", default="1,2,4", help="comma-separated simulated node counts (local runner)")
     parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--ways", help="comma-separated subset of the ways to run (default: all for the runner: "
+                        f"local {','.join(APP_WAYS['mds'])}; hadoop {','.join(HADOOP_WAYS['mds'])})")
     add_data_arguments(parser)
     parser.add_argument("--num-cores", type=int, default=None, help="mrjob local runner parallelism")
     parser.add_argument("--collectives", action="store_true",
@@ -71,7 +84,7 @@ def runner_args(runner: str, num_cores: int | None = None) -> list[str]:
         if not hadoop:
             raise ConfigurationError("--runner hadoop needs $MRJOB_HADOOP_ARGS: start the mini-cluster "
                                      "(make minicluster) and source .minicluster/env.sh")
-        return shlex.split(hadoop)
+        return shlex.split(hadoop) + HADOOP_EXTRA_ARGS
     return ["-r", "local"] + (["--num-cores", str(num_cores)] if num_cores else [])
 
 
@@ -110,17 +123,58 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def ways_for(app: str, runner: str, chosen: str | None) -> list[str]:
+    """The ways to measure *app* in: all that apply to *runner*, or the *chosen* ones among them."""
+    available = (HADOOP_WAYS if runner == "hadoop" else APP_WAYS)[app]
+    if not chosen:
+        return available
+    wanted = [w for w in chosen.split(",") if w]
+    unknown = [w for w in wanted if w not in available]
+    if unknown or not wanted:
+        raise ConfigurationError(f"--ways: {', '.join(unknown) or 'none given'}; {app} on the {runner} runner "
+                                 f"has {', '.join(available)}")
+    return wanted
+
+
 def _app_section(app: str, args: argparse.Namespace, stream: TextIO | None) -> dict[str, Any]:
     extra = runner_args(args.runner, args.num_cores)
-    nodes = [1] if args.runner == "hadoop" else [int(x) for x in args.local_nodes.split(",") if x]
+    ways = ways_for(app, args.runner, args.ways)
     with tempfile.TemporaryDirectory(prefix="hcollectives-bench-") as tmp:
         data, described = make_data(app, tmp, args)
-        section: dict[str, Any] = {"data": described | {"iterations": args.iterations}, "runner": args.runner}
-        for n in nodes:
-            key = "hadoop" if args.runner == "hadoop" else f"local_nodes_{n}"
-            section[key] = compare(app, inputs=data.inputs, initial=data.initial, iterations=args.iterations,
-                                   ways=APP_WAYS[app], runner_args=extra, local_nodes=n, stream=stream)
+        section: dict[str, Any] = {"data": described | {"iterations": args.iterations}, "runner": args.runner,
+                                   "runner_args": extra}
+        if args.runner == "hadoop":
+            with inputs_on_hdfs(data.inputs, stream) as inputs:
+                section["hadoop"] = compare(app, inputs=inputs, initial=data.initial, iterations=args.iterations,
+                                            ways=ways, runner_args=extra, local_nodes=1, stream=stream)
+            return section
+        for n in [int(x) for x in args.local_nodes.split(",") if x]:
+            section[f"local_nodes_{n}"] = compare(app, inputs=data.inputs, initial=data.initial,
+                                                  iterations=args.iterations, ways=ways,
+                                                  runner_args=extra, local_nodes=n, stream=stream)
     return section
+
+
+@contextlib.contextmanager
+def inputs_on_hdfs(inputs: list[str], stream: TextIO | None) -> Iterator[list[str]]:
+    """The input files uploaded once to the cluster's HDFS (removed afterwards), as
+    inputs live on a real cluster; otherwise mrjob would upload them for every
+    iteration's job, in both ways."""
+    from .mrjob_hdfs import NativeHDFSFilesystem, default_authority
+
+    authority = default_authority()
+    if authority is None:
+        raise ConfigurationError("--runner hadoop: no hdfs:// fs.defaultFS in $HADOOP_CONF_DIR/core-site.xml")
+    fs = NativeHDFSFilesystem(authority)
+    base = f"hdfs://{authority}/tmp/hcollectives-bench-{uuid.uuid4().hex[:8]}"
+    if stream is not None:
+        print(f"uploading {len(inputs)} input files to {base}", file=stream, flush=True)
+    try:
+        for path in inputs:
+            fs.put(path, f"{base}/{os.path.basename(path)}")
+        yield [f"{base}/*"]  # one input path: mrjob checks each path before every job
+    finally:
+        fs.rm(base)
 
 
 def _collectives_section(stream: TextIO | None) -> dict[str, Any]:

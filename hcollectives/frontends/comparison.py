@@ -8,6 +8,7 @@ under task_trace so the paper's breakdown is measured the same way for all.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -16,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -48,6 +50,7 @@ class Way:
     vanilla: bool = False
     options: tuple[str, ...] = ()
     fork_server: bool = True  # hcollectives' default task start on the local runner
+    env: tuple[tuple[str, str], ...] = ()  # set in the driver's environment for this way's run
 
 
 WAYS = {
@@ -57,6 +60,11 @@ WAYS = {
     "no_input_cache": Way("no_input_cache", "hcollectives --no-input-cache", options=("--no-input-cache",)),
     "no_fork_server": Way("no_fork_server", "hcollectives, HCOLLECTIVES_ZYGOTE=0 (every task a fresh Python)",
                           fork_server=False),
+    # On clusters, where the fork server is opt-in:
+    "fork_server": Way("fork_server", "hcollectives, HCOLLECTIVES_ZYGOTE=1 (tasks forked by a server per node)",
+                       env=(("HCOLLECTIVES_ZYGOTE", "1"),)),
+    "hadoop_fs_client": Way("hadoop_fs_client", "hcollectives, HCOLLECTIVES_NATIVE_HDFS=0 (mrjob's hadoop fs calls)",
+                            env=(("HCOLLECTIVES_NATIVE_HDFS", "0"),)),
 }
 
 
@@ -107,32 +115,53 @@ def run_way(app: App, way: Way, *, inputs: list[str], initial: str, iterations: 
             runner_args: list[str], local_nodes: int, stream: TextIO | None) -> WayResult:
     trace_dir = tempfile.mkdtemp(prefix="hcollectives-trace-")
     try:
-        from .mrjob_job import use_task_fork_server
-
-        runner = runner_args[runner_args.index("-r") + 1] if "-r" in runner_args else "inline"
-        fork_server = not way.vanilla and way.fork_server and use_task_fork_server(runner)
-        args = [*runner_args, *trace_args(trace_dir, wrap=not fork_server)]
-        t0 = time.time()
-        if way.vanilla:
-            module = load_example(app.vanilla_module)
-            loop_data, _, _, times = module.iterate([*args, *inputs], np.load(initial), iterations,
-                                                    tolerance=0.0, stream=stream)
-            # The vanilla driver runs its jobs back to back: iteration i spans the sum of the times before it.
-            ends = t0 + np.cumsum(times)
-            windows = [(i + 1, float(end - t), float(end)) for i, (t, end) in enumerate(zip(times, ends))]
-            tail, by_iteration = "cleanup", False
-        else:
-            cls = getattr(load_example(app.collective_module), app.collective_class)
-            job = cls(args=[*args, *([] if stream is not None else ["-q"]), "--initial", initial, "--max-iterations", str(iterations),
-                            "--tolerance", "0", "--local-nodes", str(local_nodes), *way.options, *inputs])
-            outcome = job.iterate()
-            loop_data, times, windows = outcome.loop_data, [t.seconds for t in outcome.timings], outcome.windows()
-            tail, by_iteration = "comm_reduction", True
-        wall = time.time() - t0
-        parts = bd.breakdown(read_traces(trace_dir), windows, tail=tail, by_iteration=by_iteration)
-        return WayResult(way, list(times), parts, np.asarray(loop_data), wall)
+        with _environment(way.env):
+            return _run_way(app, way, trace_dir, inputs=inputs, initial=initial, iterations=iterations,
+                            runner_args=runner_args, local_nodes=local_nodes, stream=stream)
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _environment(settings: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name, _ in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_way(app: App, way: Way, trace_dir: str, *, inputs: list[str], initial: str, iterations: int,
+             runner_args: list[str], local_nodes: int, stream: TextIO | None) -> WayResult:
+    from .mrjob_job import use_task_fork_server
+
+    runner = runner_args[runner_args.index("-r") + 1] if "-r" in runner_args else "inline"
+    fork_server = not way.vanilla and way.fork_server and use_task_fork_server(runner)
+    args = [*runner_args, *trace_args(trace_dir, wrap=not fork_server)]
+    t0 = time.time()
+    if way.vanilla:
+        module = load_example(app.vanilla_module)
+        loop_data, _, _, times = module.iterate([*args, *inputs], np.load(initial), iterations,
+                                                tolerance=0.0, stream=stream)
+        # The vanilla driver runs its jobs back to back: iteration i spans the sum of the times before it.
+        ends = t0 + np.cumsum(times)
+        windows = [(i + 1, float(end - t), float(end)) for i, (t, end) in enumerate(zip(times, ends))]
+        tail, by_iteration = "cleanup", False
+    else:
+        cls = getattr(load_example(app.collective_module), app.collective_class)
+        job = cls(args=[*args, *([] if stream is not None else ["-q"]), "--initial", initial, "--max-iterations", str(iterations),
+                        "--tolerance", "0", "--local-nodes", str(local_nodes), *way.options, *inputs])
+        outcome = job.iterate()
+        loop_data, times, windows = outcome.loop_data, [t.seconds for t in outcome.timings], outcome.windows()
+        tail, by_iteration = "comm_reduction", True
+    wall = time.time() - t0
+    parts = bd.breakdown(read_traces(trace_dir), windows, tail=tail, by_iteration=by_iteration)
+    return WayResult(way, list(times), parts, np.asarray(loop_data), wall)
 
 
 def compare(app_key: str, *, inputs: list[str], initial: str, iterations: int, ways: list[str],

@@ -245,6 +245,8 @@ def collective_runner_class(alias: str) -> type:
             return error
 
         attrs = {}
+        if alias == "hadoop":
+            attrs["fs"] = property(_native_hdfs_fs)
         if hasattr(base, "_run_mappers_and_combiners"):
             attrs["_run_mappers_and_combiners"] = _run_mappers_and_combiners
         if hasattr(base, "_log_cause_of_error"):
@@ -253,6 +255,20 @@ def collective_runner_class(alias: str) -> type:
             attrs["_pick_error"] = _pick_error
         _RUNNER_CLASSES[alias] = type(f"Collective{base.__name__}", (base,), attrs)
     return _RUNNER_CLASSES[alias]
+
+
+def _native_hdfs_fs(runner: Any):
+    """HadoopJobRunner.fs, with HDFS reached from the driver process (mrjob_hdfs.py):
+    mrjob's per-job ``hadoop fs`` calls would start a Java client each, every iteration."""
+    from mrjob.fs.composite import CompositeFilesystem
+
+    from .mrjob_hdfs import add_filesystems
+
+    if runner._fs is None:
+        runner._fs = CompositeFilesystem()
+        # [] means "no hadoop until set_hadoop_bin()", as in mrjob's own property.
+        add_filesystems(runner._fs, runner._opts["hadoop_bin"] or None)
+    return runner._fs
 
 
 def _error_message(error: dict | None) -> str | None:
