@@ -357,7 +357,13 @@ def _open_fs(url: str, protocol: str) -> tuple[fsspec.AbstractFileSystem, str]:
                 f"store url {url!r} needs hdfs-native: pip install 'hcollectives[hdfs]'"
                 " (or pip install hdfs-native)") from exc
         parsed = urlparse(url)
-        return HdfsFileSystem(host=parsed.hostname, port=parsed.port), parsed.path or "/"
+        # Not in fsspec's instance cache: fsspec clears that cache in every forked
+        # child (os.register_at_fork), and a child that drops the last reference to
+        # a client frees its tokio runtime, which waits forever for runtime threads
+        # that do not exist in the child. mrjob forks (pty.fork for `hadoop jar`, its
+        # local runner's pool) from processes that use stores; a fork then hung.
+        fs = HdfsFileSystem(host=parsed.hostname, port=parsed.port, skip_instance_cache=True)
+        return fs, parsed.path or "/"
     try:
         return fsspec.core.url_to_fs(url)
     # ImportError: fsspec's message names the package to install; ValueError: unknown protocol.

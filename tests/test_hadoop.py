@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
@@ -167,6 +168,38 @@ def cluster_logs_since(started: float, limit: int = 12000) -> str:
     return f"[cluster logs since the run started]\n{text}"
 
 
+@dataclass
+class DaemonSeen:
+    container: str  # CONTAINER_ID of the task that started it (inherited environment)
+    outlived_container: bool = False  # seen alive with no other process of that container left
+    later_apps: set[str] = field(default_factory=set)  # session tasks of other YARN applications seen meanwhile
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def processes_by_container() -> dict[str, list[tuple[int, str | None]]]:
+    """CONTAINER_ID -> [(pid, HCOLLECTIVES_SESSION or None)] for every process of a YARN container."""
+    out: dict[str, list[tuple[int, str | None]]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        environ = process_environ(int(entry.name))
+        if environ.get("CONTAINER_ID"):
+            out.setdefault(environ["CONTAINER_ID"], []).append(
+                (int(entry.name), environ.get("HCOLLECTIVES_SESSION")))
+    return out
+
+
+def application_of(container: str) -> str:
+    """container_<cluster>_<app>_<attempt>_<n> -> <cluster>_<app>."""
+    parts = container.split("_")
+    return "_".join(parts[-4:-2])
+
+
 class ClusterRunWatcher(threading.Thread):
     """Watches one cluster run from the outside, while it runs.
 
@@ -186,6 +219,9 @@ class ClusterRunWatcher(threading.Thread):
         self.split_cache_seen: set[str] = set()
         self.hdfs_files: list[str] = []
         self.hdfs_done = False
+        # Daemon lifetime: node dir -> every pid its pid file named; pid -> DaemonSeen.
+        self.daemon_pids: dict[str, set[int]] = {}
+        self.daemons: dict[int, DaemonSeen] = {}
         self._halt = threading.Event()
 
     @staticmethod
@@ -205,6 +241,30 @@ class ClusterRunWatcher(threading.Thread):
                 pass
             if (session / "split-cache").is_dir():
                 self.split_cache_seen.add(name)
+        if self.sessions:
+            self._look_at_daemons()
+
+    def _look_at_daemons(self) -> None:
+        """Which YARN container started each node's daemon, whether that container's
+        own processes are gone while the daemon lives on, and whether tasks of a
+        later YARN application (a later iteration) of the session ran meanwhile."""
+        containers = processes_by_container()
+        for session in self.sessions:
+            for node in (NODE_TMP / session / "nodes").glob("localhost_*"):
+                try:
+                    pid = int((node / "pid").read_text())
+                except (OSError, ValueError):
+                    continue
+                self.daemon_pids.setdefault(node.name, set()).add(pid)
+                environ = process_environ(pid)
+                if not environ.get("CONTAINER_ID"):
+                    continue  # exited (or not ours)
+                seen = self.daemons.setdefault(pid, DaemonSeen(environ["CONTAINER_ID"]))
+                others = [p for p in containers.get(seen.container, ()) if p[0] != pid]
+                seen.outlived_container |= not others
+                app = application_of(seen.container)
+                seen.later_apps |= {application_of(c) for c, procs in containers.items()
+                                    if application_of(c) != app and any(s == session for _, s in procs)}
 
     def _list_hdfs(self) -> None:
         (session,) = self.sessions
@@ -327,6 +387,21 @@ def test_mds_on_yarn_with_the_default_hdfs_store(cluster_env, data, mds_on_yarn,
     assert wait_for_split_cache_removal(session), f"{NODE_TMP / session / 'split-cache'} outlived the run"
     new_dirs = set(watcher._dirs()) - watcher.before  # this run's, and any other that started meanwhile
     assert not [d for d in new_dirs if (NODE_TMP / d / "split-cache").exists()], new_dirs
+
+
+def test_task_started_daemons_outlive_their_containers_and_serve_later_iterations(mds_on_yarn):
+    """Under the DefaultContainerExecutor a daemon started by a map task survives
+    that task's container, and the same daemon (one pid per NodeManager, never
+    restarted) serves the next iteration's YARN application."""
+    done, watcher = mds_on_yarn.done, mds_on_yarn.watcher
+    assert done.returncode == 0, stderr_tail(done)
+    assert len(watcher.daemon_pids) == 2, watcher.daemon_pids
+    for node, pids in watcher.daemon_pids.items():
+        assert len(pids) == 1, f"{node}: the daemon was replaced during the run: {pids}"
+        seen = watcher.daemons.get(next(iter(pids)))
+        assert seen is not None, f"{node}: never saw its daemon alive"
+        assert seen.outlived_container, f"{node}: daemon from {seen.container} never seen without its container"
+        assert seen.later_apps, f"{node}: no task of a later iteration ran while the daemon from {seen.container} lived"
 
 
 def test_collective_runs_start_no_hadoop_fs_client(cluster_env, mds_on_yarn):

@@ -615,3 +615,38 @@ def test_json_file_is_plain_json_on_disk(tmp_path) -> None:
     store = Store(f"file://{tmp_path}")
     store.save_json("run.json", {"a": [1, 2]})
     assert json.loads((tmp_path / "run.json").read_text()) == {"a": [1, 2]}
+
+
+FORK_AFTER_HDFS_STORE = """
+import gc, os, sys, threading, time
+from hcollectives import store as store_mod
+
+store = store_mod.Store("hdfs://127.0.0.1:1/run")  # hdfs-native connects lazily: no NameNode needed
+del store
+# Every pool worker runs a new job, so none still holds the store's last call.
+barrier = threading.Barrier(store_mod._POOL._max_workers)
+for job in [store_mod._POOL.submit(barrier.wait) for _ in range(barrier.parties)]:
+    job.result(timeout=10)
+gc.collect()
+pid = os.fork()  # as mrjob does (pty.fork for `hadoop jar`, its local runner's pool)
+if pid == 0:
+    os._exit(0)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        sys.exit(0)
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit("the forked child hung")
+"""
+
+
+def test_a_fork_after_an_hdfs_store_is_dropped_does_not_hang():
+    """A dropped hdfs:// store's client must not live on in fsspec's instance cache:
+    fsspec clears that cache in the forked child, and freeing an hdfs-native client
+    there waits forever for its runtime's threads (which only the parent has)."""
+    pytest.importorskip("hdfs_native")
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", FORK_AFTER_HDFS_STORE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
