@@ -37,6 +37,11 @@ def test_every_iterations_breakdown_adds_up_to_its_time_and_saw_the_tasks(kmeans
             assert sum(parts.values()) == pytest.approx(seconds, abs=2e-3)
             # Traces were read: tasks' start-up and mapper time show up in every iteration.
             assert parts["map_overhead"] > 0 and parts["compute"] > 0, (way, i, parts)
+    # When each collective iteration was submitted, started and done, in order.
+    events = kmeans_comparison["hcollectives"]["events_per_iteration_s"]
+    assert sorted(events) == ["1", "2", "3"] and "events_per_iteration_s" not in kmeans_comparison["vanilla"]
+    for e in events.values():
+        assert e["submitted"] <= e["first_task_started"] <= e["all_tasks_started"] <= e["result"], e
     # Plain mrjob's combiners, sort and reducers are its communication; they take real time.
     assert kmeans_comparison["vanilla"]["breakdown_mean_s"]["comm_reduction"] > 0.1
 

@@ -76,6 +76,9 @@ class WayResult:
     loop_data: np.ndarray
     wall_s: float
     notes: list[str] = field(default_factory=list)
+    # Collective ways: when each iteration was submitted, its first and last task
+    # started, its result arrived, ... (seconds since the run started).
+    events: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         steady = self.per_iteration_s[1:] or self.per_iteration_s  # the first also pays the first job's start-up
@@ -88,7 +91,8 @@ class WayResult:
             "breakdown_mean_s": {k: round(v, 4) for k, v in bd.mean_parts(self.parts).items()},
             "breakdown_per_iteration_s": {str(i): {k: round(v, 4) for k, v in p.items()}
                                           for i, p in sorted(self.parts.items())},
-        }
+        } | ({"events_per_iteration_s": {str(i): {k: round(v, 3) for k, v in sorted(e.items(), key=lambda kv: kv[1])}
+                                         for i, e in sorted(self.events.items())}} if self.events else {})
 
 
 def trace_args(trace_dir: str, *, wrap: bool = True) -> list[str]:
@@ -152,6 +156,7 @@ def _run_way(app: App, way: Way, trace_dir: str, *, inputs: list[str], initial: 
         ends = t0 + np.cumsum(times)
         windows = [(i + 1, float(end - t), float(end)) for i, (t, end) in enumerate(zip(times, ends))]
         tail, by_iteration = "cleanup", False
+        events = {}
     else:
         cls = getattr(load_example(app.collective_module), app.collective_class)
         job = cls(args=[*args, *([] if stream is not None else ["-q"]), "--initial", initial, "--max-iterations", str(iterations),
@@ -159,9 +164,10 @@ def _run_way(app: App, way: Way, trace_dir: str, *, inputs: list[str], initial: 
         outcome = job.iterate()
         loop_data, times, windows = outcome.loop_data, [t.seconds for t in outcome.timings], outcome.windows()
         tail, by_iteration = "comm_reduction", True
+        events = {t.iteration: dict(t.events) for t in outcome.timings}
     wall = time.time() - t0
     parts = bd.breakdown(read_traces(trace_dir), windows, tail=tail, by_iteration=by_iteration)
-    return WayResult(way, list(times), parts, np.asarray(loop_data), wall)
+    return WayResult(way, list(times), parts, np.asarray(loop_data), wall, events=events)
 
 
 def compare(app_key: str, *, inputs: list[str], initial: str, iterations: int, ways: list[str],
