@@ -21,7 +21,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
@@ -137,8 +137,29 @@ class LoopResult:
         return "\n".join(lines)
 
 
+class IterationReport:
+    """What a launcher tells the driver about its iteration's job while it runs.
+
+    Called from the launcher's worker thread; each call hops onto the driver's trio loop.
+    """
+
+    def __init__(self, driver: "IterativeDriver", iteration: int, token: trio.lowlevel.TrioToken) -> None:
+        self._driver, self._iteration, self._token = driver, iteration, token
+
+    def num_tasks(self, n: int) -> None:
+        """The job has *n* map tasks (mrjob's local runners; Hadoop tells the tasks)."""
+        trio.from_thread.run_sync(self._driver.coordinator.set_num_tasks, self._iteration, n, trio_token=self._token)
+
+    def all_tasks_scheduled(self) -> None:
+        """Every map task has its container (YARN said so): none can still wait for a slot."""
+        try:
+            trio.from_thread.run_sync(self._driver._tasks_scheduled, self._iteration, trio_token=self._token)
+        except trio.RunFinishedError:
+            pass  # the run is over; nothing left to schedule
+
+
 class JobLauncher(Protocol):
-    def run_iteration(self, iteration: int, env: dict[str, str], report_num_tasks: Callable[[int], None]) -> None:
+    def run_iteration(self, iteration: int, env: dict[str, str], report: IterationReport) -> None:
         """Run iteration's map-only job to completion (blocking); raise on failure."""
 
 
@@ -205,6 +226,7 @@ class IterativeDriver:
         self.t0 = time.perf_counter()
         self.t0_epoch = time.time()
         self._launched: dict[int, trio.Event] = {}
+        self._scheduled: dict[int, trio.Event] = {}
         self._job_errors: dict[int, BaseException] = {}
         self._stopping = False
         async with trio.open_nursery() as nursery:
@@ -305,12 +327,28 @@ class IterativeDriver:
                 for text in rec.notices]
 
     async def _speculate(self, i: int) -> None:
-        try:
-            await self.coordinator.wait_all_started(i)
-        except SessionAborted:
-            return
-        if not self._stopping:
-            self._launch(i + 1)
+        """Submit i+1 once no task of i can still be waiting for a slot: when all of
+        them have started, or (on YARN, earlier) when all have their containers."""
+        async with trio.open_nursery() as nursery:
+            async def until(wait: Callable[[], Awaitable[object]]) -> None:
+                try:
+                    await wait()
+                except SessionAborted:
+                    nursery.cancel_scope.cancel()
+                    return
+                if not self._stopping:
+                    self._launch(i + 1)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until, lambda: self.coordinator.wait_all_started(i))
+            nursery.start_soon(until, self._scheduled_event(i).wait)
+
+    def _scheduled_event(self, i: int) -> trio.Event:
+        return self._scheduled.setdefault(i, trio.Event())
+
+    def _tasks_scheduled(self, i: int) -> None:
+        self.coordinator.mark(i, "all_tasks_scheduled")
+        self._scheduled_event(i).set()
 
     def _launch(self, i: int) -> None:
         if i in self._launched or i > self.options.max_iterations:
@@ -320,11 +358,7 @@ class IterativeDriver:
         self._nursery.start_soon(self._run_job, i, done)
 
     async def _run_job(self, i: int, done: trio.Event) -> None:
-        token = trio.lowlevel.current_trio_token()
-
-        def report(n: int) -> None:
-            trio.from_thread.run_sync(self.coordinator.set_num_tasks, i, n, trio_token=token)
-
+        report = IterationReport(self, i, trio.lowlevel.current_trio_token())
         try:
             await trio.to_thread.run_sync(self.launcher.run_iteration, i, self._task_env(i), report,
                                           abandon_on_cancel=True)

@@ -25,10 +25,10 @@ def _conf_dirs(env: Mapping[str, str]) -> list[str]:
     return dirs
 
 
-def default_fs(env: Mapping[str, str] = os.environ) -> str | None:
-    """fs.defaultFS from the first core-site.xml found (None if none names it)."""
+def conf_value(file: str, names: tuple[str, ...], env: Mapping[str, str] = os.environ) -> str | None:
+    """The first of *names* set in the first *file* (e.g. core-site.xml) that sets one."""
     for directory in _conf_dirs(env):
-        path = os.path.join(directory, "core-site.xml")
+        path = os.path.join(directory, file)
         if not os.path.exists(path):
             continue
         try:
@@ -36,9 +36,19 @@ def default_fs(env: Mapping[str, str] = os.environ) -> str | None:
         except ET.ParseError as exc:
             raise ConfigurationError(f"cannot parse {path}: {exc}") from None
         for prop in root.iter("property"):
-            if (prop.findtext("name") or "").strip() in ("fs.defaultFS", "fs.default.name"):
+            if (prop.findtext("name") or "").strip() in names:
                 return (prop.findtext("value") or "").strip() or None
     return None
+
+
+def default_fs(env: Mapping[str, str] = os.environ) -> str | None:
+    """fs.defaultFS from the first core-site.xml found (None if none names it)."""
+    return conf_value("core-site.xml", ("fs.defaultFS", "fs.default.name"), env)
+
+
+def resource_manager_web(env: Mapping[str, str] = os.environ) -> str | None:
+    """host:port of the ResourceManager's web service (yarn-site.xml), None if not configured."""
+    return conf_value("yarn-site.xml", ("yarn.resourcemanager.webapp.address",), env)
 
 
 def temporary_store_base(env: Mapping[str, str] = os.environ, tmp_dir: str | None = None) -> str | None:

@@ -28,7 +28,7 @@ from .map_task import MapTask, run_task
 from .options import add_loop_arguments, load_initial, loop_options_from_args
 
 if TYPE_CHECKING:  # the driver pulls in trio; map tasks never need it
-    from .driver import LoopOptions, LoopResult
+    from .driver import IterationReport, LoopOptions, LoopResult
 
 __all__ = ["AllGather", "AllReduce", "MRCollectiveJob", "collective_runner_class"]
 
@@ -198,13 +198,13 @@ class _MRJobLauncher:
     def __init__(self, job: MRJob) -> None:
         self.job = job
 
-    def run_iteration(self, iteration: int, env: dict[str, str], report_num_tasks: Callable[[int], None]) -> None:
+    def run_iteration(self, iteration: int, env: dict[str, str], report: "IterationReport") -> None:
         kwargs = self.job._runner_kwargs()
         kwargs["cmdenv"] = dict(kwargs.get("cmdenv") or {}, **env)
         if not kwargs.get("task_python_bin") and use_task_fork_server(self.job.options.runner or "inline"):
             kwargs["task_python_bin"] = [sys.executable, "-m", "hcollectives.frontends.task_stub"]
         runner = self.job._runner_class()(**kwargs)
-        runner.hc_report_num_tasks = report_num_tasks
+        runner.hc_report = report
         with runner:
             try:
                 runner.run()
@@ -230,10 +230,13 @@ def collective_runner_class(alias: str) -> type:
 
         def _run_mappers_and_combiners(self, step_num, map_splits):
             map_splits = list(map_splits)
-            report = getattr(self, "hc_report_num_tasks", None)
+            report = getattr(self, "hc_report", None)
             if report is not None:
-                report(len(map_splits))
+                report.num_tasks(len(map_splits))
             return base._run_mappers_and_combiners(self, step_num, map_splits)
+
+        def _run_hadoop(self, hadoop_args, env, record_callback):  # Hadoop: watch the job's maps start
+            return _run_hadoop_watching_maps(self, base, hadoop_args, env, record_callback)
 
         def _log_cause_of_error(self, ex):  # local runners: the task's stderr names the cause
             base._log_cause_of_error(self, ex)
@@ -247,6 +250,7 @@ def collective_runner_class(alias: str) -> type:
         attrs = {}
         if alias == "hadoop":
             attrs["fs"] = property(_native_hdfs_fs)
+            attrs["_run_hadoop"] = _run_hadoop
         if hasattr(base, "_run_mappers_and_combiners"):
             attrs["_run_mappers_and_combiners"] = _run_mappers_and_combiners
         if hasattr(base, "_log_cause_of_error"):
@@ -255,6 +259,29 @@ def collective_runner_class(alias: str) -> type:
             attrs["_pick_error"] = _pick_error
         _RUNNER_CLASSES[alias] = type(f"Collective{base.__name__}", (base,), attrs)
     return _RUNNER_CLASSES[alias]
+
+
+def _run_hadoop_watching_maps(runner: Any, base: type, hadoop_args, env, record_callback):
+    """mrjob's `hadoop jar` call, plus: once the job client names its YARN application,
+    watch it and tell the driver when every map task has its container (yarn_watch.py)."""
+    from . import hadoop_conf, yarn_watch
+
+    report = getattr(runner, "hc_report", None)
+    rm_web = hadoop_conf.resource_manager_web()
+    watchers: list[yarn_watch.MapLaunchWatcher] = []
+
+    def callback(record):
+        record_callback(record)
+        application = yarn_watch.submitted_application(record.get("message", ""))
+        if application and rm_web and report is not None and not watchers:
+            watchers.append(yarn_watch.MapLaunchWatcher(rm_web, application, report.all_tasks_scheduled))
+            watchers[0].start()
+
+    try:
+        return base._run_hadoop(runner, hadoop_args, env, callback)
+    finally:
+        for watcher in watchers:
+            watcher.stop()
 
 
 def _native_hdfs_fs(runner: Any):
