@@ -29,6 +29,7 @@ make later fork()s unsafe (mrjob's local runner forks its worker pool).
 """
 
 import getpass
+import json
 import os
 import shlex
 import shutil
@@ -543,3 +544,33 @@ def test_streaming_mds_on_yarn_matches_local(cluster_env, data, tmp_path, no_orp
     x = np.load(tmp_path / "yarn.npy")  # the last AllGather result: X after ITERATIONS Guttman transforms
     assert_rel_close(x, data.mds.expected)
     assert_rel_close(x, np.load(tmp_path / "local.npy"))
+
+
+# -- the benchmark on YARN --------------------------------------------------------------------------------
+
+
+def test_bench_on_yarn_runs_both_ways_with_the_breakdown(cluster_env, tmp_path):
+    """`hcollectives bench --runner hadoop` (small: 2 iterations, two ways): the same
+    centroids both ways, a breakdown that adds up, and speculative scheduling
+    driven by YARN's own word that iteration 1's maps all had containers."""
+    out = tmp_path / "bench.json"
+    done = run([sys.executable, "-m", "hcollectives", "bench", "--runner", "hadoop", "--apps", "kmeans",
+                "--ways", "vanilla,hcollectives", "--iterations", ITERATIONS, "--points", "600", "--dims", "3",
+                "--clusters", "3", "--splits", SPLITS, "--out", out], cluster_env)
+    assert done.returncode == 0, stderr_tail(done)
+    report = json.loads(out.read_text())["kmeans"]
+    assert report["runner"] == "hadoop" and report["runner_args"][-2:] == ["--no-conf", "--no-bootstrap-mrjob"]
+    hc, vanilla = report["hadoop"]["hcollectives"], report["hadoop"]["vanilla"]
+    assert hc["max_rel_diff_vs_vanilla"] < 1e-9
+    assert hc["speedup_vs_vanilla"] > 0
+    for way in (hc, vanilla):
+        assert len(way["per_iteration_s"]) == ITERATIONS
+        for i, seconds in enumerate(way["per_iteration_s"], 1):
+            parts = way["breakdown_per_iteration_s"][str(i)]
+            assert sum(parts.values()) == pytest.approx(seconds, abs=5e-3)
+            assert parts["map_overhead"] > 0 and parts["scheduling"] > 0, parts  # traced tasks were read
+    first, second = hc["events_per_iteration_s"]["1"], hc["events_per_iteration_s"]["2"]
+    assert "all_tasks_scheduled" in first, first  # the ApplicationMaster answered through the RM proxy
+    # Iteration 2 went in as soon as the first of the two signals came, not later.
+    trigger = min(first["all_tasks_scheduled"], first["all_tasks_started"])
+    assert trigger <= second["submitted"] <= trigger + 2.0, (first, second)

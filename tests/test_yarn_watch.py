@@ -9,7 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from hcollectives.frontends import hadoop_conf, yarn_watch
-from hcollectives.frontends.yarn_watch import MapLaunchWatcher, all_maps_launched, submitted_application
+from hcollectives.frontends.yarn_watch import (
+    MapLaunchWatcher,
+    all_maps_launched,
+    application_tag,
+    application_with_tag,
+)
 
 APP = "application_1795295192264_0024"
 
@@ -19,11 +24,16 @@ def jobs(total: int, running: int, completed: int, pending: int = 0) -> dict:
                               "mapsRunning": running, "mapsCompleted": completed, "mapsPending": pending}]}}
 
 
-def test_the_application_id_comes_from_the_job_clients_log_line():
-    line = "Submitted application application_1795295192264_0024"
-    assert submitted_application(line) == APP
-    assert submitted_application("Running job: job_1795295192264_0024") is None
-    assert submitted_application("") is None
+TAG = application_tag("0123456789ABCDEF", 3)
+APPS = {"apps": {"app": [{"id": APP, "state": "RUNNING", "applicationTags": TAG}]}}
+
+
+def test_an_iterations_application_is_found_by_its_tag():
+    assert TAG == "hcollectives-0123456789abcdef-3"  # YARN lower-cases tags
+    assert application_with_tag(APPS) == APP
+    assert application_with_tag({"apps": None}) is None  # not submitted yet
+    assert application_with_tag({"apps": {"app": APPS["apps"]["app"] * 2}}) is None
+    assert application_with_tag("<html/>") is None
 
 
 @pytest.mark.parametrize("answer, launched", [
@@ -43,16 +53,20 @@ def test_all_maps_launched(answer, launched):
 
 
 class FakeResourceManager:
-    """Serves /proxy/<app>/ws/v1/mapreduce/jobs from a list of answers (the last one repeats)."""
+    """Serves the RM's application list and /proxy/<app>/ws/v1/mapreduce/jobs, each
+    from a list of answers (the last one repeats)."""
 
-    def __init__(self, answers: list):
-        self.answers, self.paths = list(answers), []
+    def __init__(self, answers: list, apps: list | None = None):
+        self.answers, self.apps, self.paths = list(answers), list(apps or [APPS]), []
         outer = self
+
+        def next_of(answers: list):
+            return answers.pop(0) if len(answers) > 1 else answers[0]
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 outer.paths.append(self.path)
-                answer = outer.answers.pop(0) if len(outer.answers) > 1 else outer.answers[0]
+                answer = next_of(outer.apps if self.path.startswith("/ws/v1/cluster/apps") else outer.answers)
                 body = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -72,15 +86,17 @@ class FakeResourceManager:
 
 
 def test_the_watcher_reports_once_when_every_map_has_its_container():
-    rm = FakeResourceManager(["<html>Moved</html>", jobs(4, 0, 0), jobs(4, 2, 0, pending=2), jobs(4, 4, 0)])
+    rm = FakeResourceManager(["<html>Moved</html>", jobs(4, 0, 0), jobs(4, 2, 0, pending=2), jobs(4, 4, 0)],
+                             apps=[{"apps": None}, APPS])
     calls = []
     try:
-        watcher = MapLaunchWatcher(rm.address, APP, lambda: calls.append("launched"), poll=0.01)
+        watcher = MapLaunchWatcher(rm.address, TAG, lambda: calls.append("launched"), poll=0.01)
         watcher.start()
         watcher.join(timeout=10)
-        assert not watcher.is_alive() and watcher.launched
+        assert not watcher.is_alive() and watcher.launched and watcher.application == APP
         assert calls == ["launched"]
-        assert len(rm.paths) == 4 and set(rm.paths) == {f"/proxy/{APP}/ws/v1/mapreduce/jobs"}
+        assert rm.paths == [f"/ws/v1/cluster/apps?applicationTags={TAG}"] * 2 + \
+            [f"/proxy/{APP}/ws/v1/mapreduce/jobs"] * 4
     finally:
         rm.close()
 
@@ -89,15 +105,15 @@ def test_the_watcher_gives_up_quietly_on_an_unreachable_or_odd_service():
     rm = FakeResourceManager(["<html>login required</html>"])
     calls = []
     try:
-        watcher = MapLaunchWatcher(rm.address, APP, lambda: calls.append("launched"), poll=0.01, max_failures=5)
+        watcher = MapLaunchWatcher(rm.address, TAG, lambda: calls.append("launched"), poll=0.01, max_failures=5)
         watcher.start()
         watcher.join(timeout=10)
         assert not watcher.is_alive() and not watcher.launched and calls == []
-        assert len(rm.paths) == 5
+        assert len(rm.paths) == 1 + 5  # found the application, then 5 unreadable answers
     finally:
         rm.close()
     # nothing listening at all: refused connections count as failures too
-    watcher = MapLaunchWatcher(rm.address, APP, lambda: calls.append("launched"), poll=0.01, max_failures=3)
+    watcher = MapLaunchWatcher(rm.address, TAG, lambda: calls.append("launched"), poll=0.01, max_failures=3)
     watcher.start()
     watcher.join(timeout=30)
     assert not watcher.is_alive() and calls == []
@@ -106,7 +122,7 @@ def test_the_watcher_gives_up_quietly_on_an_unreachable_or_odd_service():
 def test_stop_ends_the_watcher():
     rm = FakeResourceManager([jobs(4, 0, 0)])
     try:
-        watcher = MapLaunchWatcher(rm.address, APP, lambda: None, poll=0.01)
+        watcher = MapLaunchWatcher(rm.address, TAG, lambda: None, poll=0.01)
         watcher.start()
         watcher.stop()
         watcher.join(timeout=10)

@@ -203,6 +203,9 @@ class _MRJobLauncher:
         kwargs["cmdenv"] = dict(kwargs.get("cmdenv") or {}, **env)
         if not kwargs.get("task_python_bin") and use_task_fork_server(self.job.options.runner or "inline"):
             kwargs["task_python_bin"] = [sys.executable, "-m", "hcollectives.frontends.task_stub"]
+        watcher = None
+        if self.job.options.runner == "hadoop":
+            watcher, kwargs["jobconf"] = _watch_maps(kwargs.get("jobconf"), env, report)
         runner = self.job._runner_class()(**kwargs)
         runner.hc_report = report
         with runner:
@@ -213,6 +216,25 @@ class _MRJobLauncher:
                 if not cause:
                     raise
                 raise JobFailed(f"{exc}\n  probable cause, from the failed task's stderr: {cause}") from exc
+            finally:
+                if watcher is not None:
+                    watcher.stop()
+
+
+def _watch_maps(jobconf: dict | None, env: dict[str, str], report: "IterationReport"):
+    """Tag the iteration's YARN application and watch it until every map has its
+    container, so speculative scheduling can go ahead before the tasks start (yarn_watch.py)."""
+    from . import hadoop_conf, yarn_watch
+
+    tag = yarn_watch.application_tag(env[ENV_PREFIX + "SESSION"], int(env[ENV_PREFIX + "ITERATION"]))
+    tags = ",".join(filter(None, [(jobconf or {}).get("mapreduce.job.tags"), tag]))
+    jobconf = dict(jobconf or {}, **{"mapreduce.job.tags": tags})
+    rm_web = hadoop_conf.resource_manager_web()
+    if not rm_web:
+        return None, jobconf
+    watcher = yarn_watch.MapLaunchWatcher(rm_web, tag, report.all_tasks_scheduled)
+    watcher.start()
+    return watcher, jobconf
 
 
 _RUNNER_CLASSES: dict[str, type] = {}
@@ -235,9 +257,6 @@ def collective_runner_class(alias: str) -> type:
                 report.num_tasks(len(map_splits))
             return base._run_mappers_and_combiners(self, step_num, map_splits)
 
-        def _run_hadoop(self, hadoop_args, env, record_callback):  # Hadoop: watch the job's maps start
-            return _run_hadoop_watching_maps(self, base, hadoop_args, env, record_callback)
-
         def _log_cause_of_error(self, ex):  # local runners: the task's stderr names the cause
             base._log_cause_of_error(self, ex)
             self.hc_cause = _task_stderr_cause(self, ex)
@@ -250,7 +269,6 @@ def collective_runner_class(alias: str) -> type:
         attrs = {}
         if alias == "hadoop":
             attrs["fs"] = property(_native_hdfs_fs)
-            attrs["_run_hadoop"] = _run_hadoop
         if hasattr(base, "_run_mappers_and_combiners"):
             attrs["_run_mappers_and_combiners"] = _run_mappers_and_combiners
         if hasattr(base, "_log_cause_of_error"):
@@ -259,29 +277,6 @@ def collective_runner_class(alias: str) -> type:
             attrs["_pick_error"] = _pick_error
         _RUNNER_CLASSES[alias] = type(f"Collective{base.__name__}", (base,), attrs)
     return _RUNNER_CLASSES[alias]
-
-
-def _run_hadoop_watching_maps(runner: Any, base: type, hadoop_args, env, record_callback):
-    """mrjob's `hadoop jar` call, plus: once the job client names its YARN application,
-    watch it and tell the driver when every map task has its container (yarn_watch.py)."""
-    from . import hadoop_conf, yarn_watch
-
-    report = getattr(runner, "hc_report", None)
-    rm_web = hadoop_conf.resource_manager_web()
-    watchers: list[yarn_watch.MapLaunchWatcher] = []
-
-    def callback(record):
-        record_callback(record)
-        application = yarn_watch.submitted_application(record.get("message", ""))
-        if application and rm_web and report is not None and not watchers:
-            watchers.append(yarn_watch.MapLaunchWatcher(rm_web, application, report.all_tasks_scheduled))
-            watchers[0].start()
-
-    try:
-        return base._run_hadoop(runner, hadoop_args, env, callback)
-    finally:
-        for watcher in watchers:
-            watcher.stop()
 
 
 def _native_hdfs_fs(runner: Any):

@@ -6,9 +6,10 @@ coordinator proves that, but late: between a task's container being launched
 and its Python process connecting lie a JVM start, the streaming set-up and
 the Python start (5-8 s on the mini-cluster). The MapReduce ApplicationMaster
 knows earlier: a map task is RUNNING once its container is launched. This
-module asks it, through the ResourceManager's web proxy
-(``http://RM/proxy/<application>/ws/v1/mapreduce/jobs``), and says so once
-every map is running or done.
+module finds the iteration's application by the tag the driver gave its job
+(``mapreduce.job.tags``), asks the ApplicationMaster through the
+ResourceManager's web proxy (``http://RM/proxy/<application>/ws/v1/mapreduce/jobs``),
+and says so once every map is running or done.
 
 It only ever makes the next submission earlier, never less safe, and any
 failure (no web address configured, a secured web UI, an HA setup, an odd
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import urllib.error
 import urllib.request
@@ -27,7 +27,6 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-_SUBMITTED = re.compile(r"Submitted application (application_\d+_\d+)")
 POLL_SECONDS = 0.25
 REQUEST_TIMEOUT = 5.0
 # Give up (and leave it to the tasks) after this many failed or unreadable
@@ -35,10 +34,18 @@ REQUEST_TIMEOUT = 5.0
 MAX_FAILURES = 240
 
 
-def submitted_application(message: str) -> str | None:
-    """The application id in the Hadoop job client's "Submitted application ..." log line."""
-    match = _SUBMITTED.search(message or "")
-    return match.group(1) if match else None
+def application_tag(session: str, iteration: int) -> str:
+    """The YARN application tag that names one iteration's job (YARN lower-cases tags)."""
+    return f"hcollectives-{session}-{iteration}".lower()
+
+
+def application_with_tag(answer: object) -> str | None:
+    """The application id in a ``ws/v1/cluster/apps?applicationTags=...`` answer (None if not exactly one)."""
+    try:
+        apps = answer["apps"]["app"]  # type: ignore[index]
+        return str(apps[0]["id"]) if len(apps) == 1 else None
+    except (KeyError, TypeError, IndexError):  # {"apps": null} until it is submitted
+        return None
 
 
 def all_maps_launched(answer: object) -> bool:
@@ -60,14 +67,16 @@ def all_maps_launched(answer: object) -> bool:
 
 
 class MapLaunchWatcher(threading.Thread):
-    """Polls one application's map tasks; calls *on_all_launched* once, from this thread."""
+    """Finds the application tagged *tag*, then polls its map tasks; calls
+    *on_all_launched* once, from this thread."""
 
-    def __init__(self, rm_web: str, application: str, on_all_launched: Callable[[], None], *,
+    def __init__(self, rm_web: str, tag: str, on_all_launched: Callable[[], None], *,
                  poll: float = POLL_SECONDS, max_failures: int = MAX_FAILURES) -> None:
-        super().__init__(daemon=True, name=f"hcollectives-yarn-watch-{application}")
-        self.url = f"http://{rm_web}/proxy/{application}/ws/v1/mapreduce/jobs"
+        super().__init__(daemon=True, name=f"hcollectives-yarn-watch-{tag}")
+        self.rm_web, self.tag = rm_web, tag
         self.on_all_launched = on_all_launched
         self.poll, self.max_failures = poll, max_failures
+        self.application: str | None = None
         self.launched = False
         self._halt = threading.Event()
 
@@ -76,20 +85,25 @@ class MapLaunchWatcher(threading.Thread):
 
     def run(self) -> None:
         failures = 0
+        apps_url = f"http://{self.rm_web}/ws/v1/cluster/apps?applicationTags={self.tag}"
         while not self._halt.is_set() and failures < self.max_failures:
-            answer = self._ask()
-            if answer is None:
-                failures += 1  # e.g. the proxy's "Moved" page while the ApplicationMaster starts
-            elif all_maps_launched(answer):
-                self.launched = True
-                self.on_all_launched()
-                return
+            if self.application is None:
+                self.application = application_with_tag(self._ask(apps_url))
+                failures += self.application is None  # not submitted yet, or no answer
+            else:
+                answer = self._ask(f"http://{self.rm_web}/proxy/{self.application}/ws/v1/mapreduce/jobs")
+                if all_maps_launched(answer):
+                    self.launched = True
+                    self.on_all_launched()
+                    return
+                failures += answer is None  # e.g. the proxy's "Moved" page while the ApplicationMaster starts
             self._halt.wait(self.poll)
         if failures >= self.max_failures:
-            log.debug("gave up watching %s", self.url)
+            log.debug("gave up watching YARN application tagged %s", self.tag)
 
-    def _ask(self) -> object | None:
-        request = urllib.request.Request(self.url, headers={"Accept": "application/json"})
+    @staticmethod
+    def _ask(url: str) -> object | None:
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as reply:  # noqa: S310 -- http only
                 return json.loads(reply.read(1 << 20))
