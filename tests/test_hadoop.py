@@ -15,10 +15,13 @@ or with the collective run, and with a numpy reference):
   mrjob's ``--dirs``;
 - K-means with checkpoints on an explicit ``hdfs://`` store and iteration 2's
   result lost over TCP to every non-root node (read back from HDFS);
-- plain-mrjob K-means.
+- plain-mrjob K-means;
+- what a task-started node daemon does on YARN (outlives its container,
+  serves the next iteration), that a collective run starts no ``hadoop fs``
+  Java client, and ``hcollectives bench --runner hadoop`` itself.
 
-Each ``-r hadoop`` iteration costs 25-50 s on a 2-core machine (a YARN
-application plus mrjob's ``hadoop`` client JVMs), so every run is 2 iterations
+Each ``-r hadoop`` iteration costs 10-40 s on a 2-core machine (a YARN
+application; plain mrjob also its ``hadoop fs`` client JVMs), so every run is 2 iterations
 of small data, inputs are uploaded to HDFS once (mrjob would upload local
 inputs again for every iteration's job), and mrjob is not bootstrapped into
 the tasks (the tasks' python, --python-bin, has it installed).
