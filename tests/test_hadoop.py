@@ -13,7 +13,7 @@ or with the collective run, and with a numpy reference):
 - the streaming front end: K-means (`--allreduce sum` + a post-process command)
   and MDS (`--allgather`), the mapper scripts shipped to the tasks with
   mrjob's ``--dirs``;
-- K-means with checkpoints on an explicit ``hdfs://`` store and iteration 2's
+- K-means with checkpoints on an explicit ``hdfs://`` store and iteration 1's
   result lost over TCP to every non-root node (read back from HDFS);
 - plain-mrjob K-means;
 - what a task-started node daemon does on YARN (outlives its container,
@@ -484,14 +484,16 @@ def test_streaming_kmeans_on_yarn_matches_local(cluster_env, data, tmp_path, no_
 def kmeans_on_yarn(cluster_env, data, tmp_path_factory):
     store = f"{cluster_env['MINICLUSTER_FS_DEFAULT']}/hc-test-{uuid.uuid4().hex[:8]}"
     result = tmp_path_factory.mktemp("kmeans-yarn") / "centroids.npy"
-    # Every non-root node loses iteration 2's result over TCP and must read it from HDFS.
+    # Every non-root node loses iteration 1's result over TCP and must read it from HDFS
+    # to give iteration 2's tasks their loop data (a lost last result may never be
+    # needed: the run can end before the fallback timer fires).
     # --no-speculative: only then is every iteration sure to use both NodeManagers
     # (one MR application master + 2 GiB maps leave 3 map slots for 4 maps, so all
     # of them fill); with the next iteration's master on the same NodeManager, a
     # whole iteration can run on the other one, and then nobody has a result to lose.
     done = run([sys.executable, ROOT / "examples" / "kmeans.py", *mrjob_hadoop_args(cluster_env), *TWO_NODES,
                 "--no-speculative",
-                "--cmdenv", "HCOLLECTIVES_FAULTS=drop:result:*:2", "--checkpoint-uri", store,
+                "--cmdenv", "HCOLLECTIVES_FAULTS=drop:result:*:1", "--checkpoint-uri", store,
                 "--fallback-timeout", "2", *ITERATION_TIMEOUT, "--initial", data.kmeans.initial,
                 "--max-iterations", ITERATIONS,
                 "--tolerance", "0", "--result", result, data.kmeans.hdfs], cluster_env)
