@@ -417,14 +417,18 @@ def test_collective_runs_start_no_hadoop_fs_client(cluster_env, mds_on_yarn):
     assert sorted(commands) == ["jar"] * ITERATIONS + ["version"], mds_on_yarn.hadoop_calls
 
 
-def test_vanilla_mds_on_yarn_matches_the_collective_run(cluster_env, data, mds_on_yarn, tmp_path):
-    result = tmp_path / "x.npy"
-    done = run([sys.executable, ROOT / "examples" / "mds_vanilla.py", "--initial", data.mds.initial,
+def run_vanilla_on_yarn(env, script: str, dataset, result: Path) -> np.ndarray:
+    """A plain-mrjob example for ITERATIONS iterations on -r hadoop; its final loop data."""
+    done = run([sys.executable, ROOT / "examples" / script, "--initial", dataset.initial,
                 "--max-iterations", ITERATIONS, "--tolerance", "0", "--result", result,
-                *mrjob_hadoop_args(cluster_env), data.mds.hdfs], cluster_env)
+                *mrjob_hadoop_args(env), dataset.hdfs], env)
     assert done.returncode == 0, stderr_tail(done)
     assert f"{ITERATIONS} iteration(s), did not converge" in done.stderr, stderr_tail(done)
-    x = np.load(result)
+    return np.load(result)
+
+
+def test_vanilla_mds_on_yarn_matches_the_collective_run(cluster_env, data, mds_on_yarn, tmp_path):
+    x = run_vanilla_on_yarn(cluster_env, "mds_vanilla.py", data.mds, tmp_path / "x.npy")
     assert_rel_close(x, data.mds.expected)
     assert mds_on_yarn.done.returncode == 0, "the collective MDS run on YARN failed (see its own test)"
     assert_rel_close(x, np.load(mds_on_yarn.result))
@@ -523,13 +527,7 @@ def test_kmeans_on_yarn_with_hdfs_checkpoints_and_a_lost_broadcast(cluster_env, 
 
 
 def test_vanilla_kmeans_on_yarn_matches_the_collective_run(cluster_env, data, kmeans_on_yarn, tmp_path):
-    result = tmp_path / "centroids.npy"
-    done = run([sys.executable, ROOT / "examples" / "kmeans_vanilla.py", "--initial", data.kmeans.initial,
-                "--max-iterations", ITERATIONS, "--tolerance", "0", "--result", result,
-                *mrjob_hadoop_args(cluster_env), data.kmeans.hdfs], cluster_env)
-    assert done.returncode == 0, stderr_tail(done)
-    assert f"{ITERATIONS} iteration(s), did not converge" in done.stderr, stderr_tail(done)
-    centroids = np.load(result)
+    centroids = run_vanilla_on_yarn(cluster_env, "kmeans_vanilla.py", data.kmeans, tmp_path / "centroids.npy")
     np.testing.assert_allclose(centroids, data.kmeans.expected, rtol=0, atol=1e-9)
     assert kmeans_on_yarn.done.returncode == 0, "the collective K-means run on YARN failed (see its own test)"
     assert_rel_close(centroids, np.load(kmeans_on_yarn.result))

@@ -8,7 +8,6 @@ under task_trace so the paper's breakdown is measured the same way for all.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -17,9 +16,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+from unittest import mock
 
 import numpy as np
 
@@ -119,25 +118,11 @@ def run_way(app: App, way: Way, *, inputs: list[str], initial: str, iterations: 
             runner_args: list[str], local_nodes: int, stream: TextIO | None) -> WayResult:
     trace_dir = tempfile.mkdtemp(prefix="hcollectives-trace-")
     try:
-        with _environment(way.env):
+        with mock.patch.dict(os.environ, dict(way.env)):
             return _run_way(app, way, trace_dir, inputs=inputs, initial=initial, iterations=iterations,
                             runner_args=runner_args, local_nodes=local_nodes, stream=stream)
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _environment(settings: tuple[tuple[str, str], ...]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name, _ in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _run_way(app: App, way: Way, trace_dir: str, *, inputs: list[str], initial: str, iterations: int,

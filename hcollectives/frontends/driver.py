@@ -333,12 +333,11 @@ class IterativeDriver:
             async def until(wait: Callable[[], Awaitable[object]]) -> None:
                 try:
                     await wait()
+                    if not self._stopping:
+                        self._launch(i + 1)
                 except SessionAborted:
-                    nursery.cancel_scope.cancel()
-                    return
-                if not self._stopping:
-                    self._launch(i + 1)
-                nursery.cancel_scope.cancel()
+                    pass  # nothing to submit
+                nursery.cancel_scope.cancel()  # the first signal (or the abort) decides
 
             nursery.start_soon(until, lambda: self.coordinator.wait_all_started(i))
             nursery.start_soon(until, self._scheduled_event(i).wait)
