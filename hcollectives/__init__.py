@@ -28,11 +28,11 @@ __version__ = "0.1.0"
 # Imported on first use: a streaming map task imports this package on every
 # start and needs neither mrjob nor trio (~0.3 s of start-up per task).
 _LAZY = {
-    "AllGather": "frontends.collectives",
-    "AllReduce": "frontends.collectives",
-    "MRCollectiveJob": "frontends.mrjob_job",
-    "IterationTiming": "frontends.driver",
-    "LoopResult": "frontends.driver",
+    "AllGather": "jobs.collectives",
+    "AllReduce": "jobs.collectives",
+    "MRCollectiveJob": "jobs.mrjob_job",
+    "IterationTiming": "driver.loop",
+    "LoopResult": "driver.loop",
 }
 
 

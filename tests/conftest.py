@@ -14,7 +14,7 @@ JOBS = Path(__file__).resolve().parent / "jobs"
 @pytest.fixture(scope="session")
 def kmeans_data(tmp_path_factory):
     """Small K-means input: 4 split files and initial centroids."""
-    from hcollectives.frontends import datagen
+    from hcollectives.bench import datagen
 
     out = tmp_path_factory.mktemp("kmeans-data")
     return datagen.kmeans(str(out), points=1200, dims=3, clusters=4, splits=4, seed=1)

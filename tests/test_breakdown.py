@@ -2,7 +2,7 @@
 
 import pytest
 
-from hcollectives.frontends.breakdown import PARTS, breakdown, iteration_breakdown, mean_parts, task_intervals
+from hcollectives.bench.breakdown import PARTS, breakdown, iteration_breakdown, mean_parts, task_intervals
 
 
 def map_task(process, body, ready, records, end, exit, reading=0.0, iteration=1, parse=None):

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from hcollectives.frontends.cli import build_parser, main
+from hcollectives.cli import build_parser, main
 
 
 def hc(*args, timeout=120):

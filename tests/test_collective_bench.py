@@ -2,7 +2,7 @@
 
 import pytest
 
-from hcollectives.frontends import collective_bench
+from hcollectives.bench import collective_bench
 
 
 @pytest.mark.parametrize("kind", ["allreduce", "allgather"])

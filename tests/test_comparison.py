@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from hcollectives.frontends import datagen
-from hcollectives.frontends import comparison
-from hcollectives.frontends.bench import HADOOP_EXTRA_ARGS, runner_args, ways_for
-from hcollectives.frontends.breakdown import PARTS
-from hcollectives.frontends.comparison import compare, read_traces, trace_args
+from hcollectives.bench import datagen
+from hcollectives.bench import comparison
+from hcollectives.bench.app_bench import HADOOP_EXTRA_ARGS, runner_args, ways_for
+from hcollectives.bench.breakdown import PARTS
+from hcollectives.bench.comparison import compare, read_traces, trace_args
 
 pytestmark = pytest.mark.e2e
 
@@ -48,14 +48,14 @@ def test_every_iterations_breakdown_adds_up_to_its_time_and_saw_the_tasks(kmeans
 
 def test_trace_args_run_tasks_under_the_tracer_and_bad_files_are_skipped(tmp_path):
     args = trace_args(str(tmp_path))
-    assert args[0] == "--task-python-bin" and "hcollectives.frontends.task_trace" in args[1]
+    assert args[0] == "--task-python-bin" and "hcollectives.launch.task_trace" in args[1]
     (tmp_path / "good.json").write_text(json.dumps({"kind": "map", "process": 1.0}))
     (tmp_path / "torn.json").write_text('{"kind": "ma')
     assert read_traces(str(tmp_path)) == [{"kind": "map", "process": 1.0}]
 
 
 def test_demo_tables_and_chart(kmeans_comparison, tmp_path):
-    from hcollectives.frontends.demo import render_tables, write_chart
+    from hcollectives.bench.demo import render_tables, write_chart
 
     results = {"kmeans": kmeans_comparison}
     text = render_tables(results)

@@ -75,7 +75,7 @@ def daemons(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def parse_daemon(service: dict[str, Any]):
-    from hcollectives.frontends.cli import build_parser
+    from hcollectives.cli import build_parser
 
     try:
         return build_parser().parse_args(command(service)[1:])  # without the leading `hcollectives`
@@ -185,7 +185,7 @@ def test_secret_is_mounted_where_daemons_tasks_and_driver_read_it(compose):
 
 
 def test_documented_job_command_is_accepted_by_the_job_and_fits_the_cluster(compose):
-    from hcollectives.frontends.examples import load_example
+    from hcollectives.bench.examples import load_example
 
     argv = docs_job_command(DOCS.read_text())
     script = argv.index(next(a for a in argv if a.endswith("examples/kmeans.py")))

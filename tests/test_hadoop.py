@@ -49,8 +49,8 @@ import numpy as np
 import pytest
 
 from conftest import MAPPERS, ROOT, kmeans_reference
-from hcollectives.frontends import datagen
-from hcollectives.frontends.examples import load_example
+from hcollectives.bench import datagen
+from hcollectives.bench.examples import load_example
 from test_mds import assert_rel_close, smacof_reference
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]

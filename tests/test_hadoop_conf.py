@@ -5,7 +5,7 @@ import getpass
 import pytest
 
 from hcollectives import ConfigurationError
-from hcollectives.frontends.hadoop_conf import default_fs, temporary_store_base
+from hcollectives.hadoop.hadoop_conf import default_fs, temporary_store_base
 
 
 def write_core_site(directory, default):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import MAPPERS
-from hcollectives.frontends import datagen
-from hcollectives.frontends.examples import load_example
+from hcollectives.bench import datagen
+from hcollectives.bench.examples import load_example
 
 ITERATIONS = 3
 e2e = pytest.mark.e2e

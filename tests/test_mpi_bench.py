@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hcollectives.errors import CollectiveTimeout, ConfigurationError
-from hcollectives.frontends import mpi_bench
+from hcollectives.bench import mpi_bench
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def _ranks_alive(marker: str) -> list[int]:
             env = (proc / "environ").read_bytes()
         except OSError:
             continue
-        if b"hcollectives.frontends.mpi_bench" in cmd and state != "Z" and marker.encode() in env:
+        if b"hcollectives.bench.mpi_bench" in cmd and state != "Z" and marker.encode() in env:
             pids.append(int(proc.name))
     return pids
 

@@ -15,15 +15,15 @@ import threading
 import pytest
 from mrjob.fs.composite import CompositeFilesystem
 
-from hcollectives.frontends import mrjob_hdfs
-from hcollectives.frontends.mrjob_hdfs import (
+from hcollectives.hadoop import mrjob_hdfs
+from hcollectives.hadoop.mrjob_hdfs import (
     CachedVersionHadoopFilesystem,
     NativeHDFSFilesystem,
     NativeHDFSUnavailable,
     add_filesystems,
     default_authority,
 )
-from hcollectives.frontends.mrjob_job import collective_runner_class
+from hcollectives.driver.mrjob_launcher import collective_runner_class
 from hcollectives.errors import StoreError
 from hcollectives.store import Store
 

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import JOBS, kmeans_reference
 from hcollectives import JobFailed
-from hcollectives.frontends import datagen
-from hcollectives.frontends.examples import load_example
+from hcollectives.bench import datagen
+from hcollectives.bench.examples import load_example
 
 pytestmark = pytest.mark.e2e
 
@@ -208,51 +208,9 @@ def test_parse_input_failure_stops_the_run_naming_split_and_record(tmp_path, mon
     assert f"part-{bad // 40}.txt" in message and f"record {bad % 40 + 1} " in message
 
 
-def test_cached_split_is_parsed_again_when_its_content_changes(tmp_path):
-    import io
-    from types import SimpleNamespace
-
-    from mrjob.protocol import RawValueProtocol
-
-    from hcollectives.frontends.mrjob_job import parsed_input
-    from hcollectives.services.task import TaskEnv
-
-    calls = []
-
-    class Job:
-        options = SimpleNamespace(args=[])
-
-        def parse_input(self, line):
-            calls.append(line)
-            return [float(v) for v in line.split()]
-
-    env = TaskEnv(session="s", coordinator="x:1", secret=b"k" * 16, iteration=1, task="t", attempt="a",
-                  num_tasks=1, node="n", rundir=str(tmp_path), node_address=None, input_split="f:0+12",
-                  timeout=10.0)
-    read = RawValueProtocol().read
-    job = Job()
-    for content, parsed in ((b"1 2\n3 4\n", 2), (b"1 2\n3 4\n", 0), (b"1 2\n3 5\n", 2)):
-        job.stdin = io.BytesIO(content)
-        before = len(calls)
-        rows = parsed_input(job, env, read)
-        assert len(calls) - before == parsed
-        np.testing.assert_array_equal(rows, np.loadtxt(io.BytesIO(content), ndmin=2))
-
-
-@pytest.mark.parametrize("runner, setting, expected", [
-    ("local", "", True), ("local", "0", False), ("hadoop", "", False), ("hadoop", "1", True),
-    ("inline", "", False), ("hadoop", "0", False),
-])
-def test_fork_server_is_default_on_the_local_runner_only(monkeypatch, runner, setting, expected):
-    from hcollectives.frontends.mrjob_job import use_task_fork_server
-
-    monkeypatch.setenv("HCOLLECTIVES_ZYGOTE", setting)
-    assert use_task_fork_server(runner) is expected
-
-
 def test_tasks_start_through_the_fork_server_by_default(kmeans_data, monkeypatch, tmp_path, no_orphan_daemons):
     """The launcher passes the stub as mrjob's task interpreter; the run's result is unchanged."""
-    from hcollectives.frontends import mrjob_job
+    from hcollectives.jobs import mrjob_job
 
     seen = []
     original = mrjob_job.collective_runner_class
@@ -271,7 +229,7 @@ def test_tasks_start_through_the_fork_server_by_default(kmeans_data, monkeypatch
     out = kmeans_job(kmeans_data, "--max-iterations", "2", "--tolerance", "0").iterate()
     expected = kmeans_reference(points(kmeans_data), np.load(kmeans_data.initial), 2)
     np.testing.assert_allclose(out.loop_data, expected, rtol=0, atol=1e-9)
-    assert seen and all(b == [sys.executable, "-m", "hcollectives.frontends.task_stub"] for b in seen)
+    assert seen and all(b == [sys.executable, "-m", "hcollectives.launch.task_stub"] for b in seen)
 
 
 def test_inline_runner_never_runs_two_jobs_at_once(kmeans_data):

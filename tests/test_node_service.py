@@ -17,8 +17,8 @@ import pytest
 
 from conftest import daemon_processes, kmeans_reference
 from hcollectives import ConfigurationError, JobFailed
-from hcollectives.frontends import datagen
-from hcollectives.frontends.examples import load_example
+from hcollectives.bench import datagen
+from hcollectives.bench.examples import load_example
 
 pytestmark = pytest.mark.e2e
 
@@ -79,15 +79,15 @@ def test_secret_never_travels_in_the_job_configuration(kmeans_data, node_service
     module = load_example("kmeans")
     job = module.MRKMeans(args=["-r", "local", "-q", "--initial", kmeans_data.initial, "--max-iterations", "1",
                                 "--node-service", address, "--secret-file", str(secret_file), *kmeans_data.inputs])
-    from hcollectives.frontends import mrjob_job
+    from hcollectives.driver import mrjob_launcher
 
-    original = mrjob_job._MRJobLauncher.run_iteration
+    original = mrjob_launcher.MRJobLauncher.run_iteration
 
     def spy(self, iteration, env, report):
         seen.append(dict(env))
         return original(self, iteration, env, report)
 
-    monkeypatch.setattr(mrjob_job._MRJobLauncher, "run_iteration", spy)
+    monkeypatch.setattr(mrjob_launcher.MRJobLauncher, "run_iteration", spy)
     job.iterate()
     assert seen and all("HCOLLECTIVES_SECRET" not in env for env in seen)
     assert all(env["HCOLLECTIVES_SECRET_FILE"] == str(secret_file) for env in seen)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import MAPPERS, kmeans_reference
-from hcollectives.frontends import datagen
+from hcollectives.bench import datagen
 
 pytestmark = pytest.mark.e2e
 

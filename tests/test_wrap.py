@@ -7,8 +7,8 @@ import pytest
 
 from hcollectives.algorithms.block import Block
 from hcollectives.errors import BadMapperOutput, HCollectivesError
-from hcollectives.frontends.collectives import AllGather, AllReduce
-from hcollectives.frontends.wrap import StreamingPostProcess, parse_line, write_result
+from hcollectives.jobs.collectives import AllGather, AllReduce
+from hcollectives.jobs.wrap import StreamingPostProcess, parse_line, write_result
 
 
 def test_parse_line_int_and_str_keys():

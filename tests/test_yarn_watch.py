@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hcollectives.frontends import hadoop_conf, yarn_watch
-from hcollectives.frontends.yarn_watch import (
+from hcollectives.hadoop import hadoop_conf, yarn_watch
+from hcollectives.hadoop.yarn_watch import (
     MapLaunchWatcher,
     all_maps_launched,
     application_tag,

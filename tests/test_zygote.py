@@ -1,4 +1,4 @@
-"""The fork server (services/zygote.py) and its client (frontends/task_stub.py).
+"""The fork server (launch/zygote.py) and its client (launch/task_stub.py).
 
 Each test runs the stub as a subprocess, as mrjob would, against a zygote of
 its own (its rundir is under tmp_path). Every process a test starts -- stubs,
@@ -24,10 +24,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from hcollectives.frontends import task_stub
+from hcollectives.launch import task_stub
 from hcollectives.services import rendezvous
 
-STUB = [sys.executable, "-m", "hcollectives.frontends.task_stub"]
+STUB = [sys.executable, "-m", "hcollectives.launch.task_stub"]
 TIMEOUT = 60
 
 TASK = textwrap.dedent("""\
@@ -92,7 +92,7 @@ def processes(marker: str, environ: bool = False) -> list[int]:
 
 def zygotes(marker: str) -> list[int]:
     """Zygotes and their forked children (which share the zygote's command line)."""
-    return [p for p in processes(marker, environ=True) if b"hcollectives.services.zygote" in _cmdline(p)]
+    return [p for p in processes(marker, environ=True) if b"hcollectives.launch.zygote" in _cmdline(p)]
 
 
 def zygote_servers(marker: str) -> list[int]:
@@ -184,14 +184,14 @@ def test_output_and_status_pass_through(task, exit_as):
 
 
 def test_stub_imports_almost_nothing():
-    code = ("import sys; before = set(sys.modules); import hcollectives.frontends.task_stub; "
+    code = ("import sys; before = set(sys.modules); import hcollectives.launch.task_stub; "
             "print(' '.join(sorted(set(sys.modules) - before)))")
     new = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=TIMEOUT).stdout.split()
     assert not [m for m in new if m.split(".")[0] in ("numpy", "mrjob", "trio", "msgpack", "filelock", "yaml")]
     assert [m for m in new if m.startswith("hcollectives")] == [
-        "hcollectives", "hcollectives.errors", "hcollectives.frontends", "hcollectives.frontends.task_stub",
-        "hcollectives.frontends.task_trace"]
+        "hcollectives", "hcollectives.errors", "hcollectives.launch", "hcollectives.launch.task_stub",
+        "hcollectives.launch.task_trace"]
 
 
 def test_rundir_matches_the_task_side(monkeypatch):
@@ -533,7 +533,7 @@ def _start_zygote(task, script: Path, *extra: str) -> tuple[subprocess.Popen, Pa
     directory = task.rundir / "zygotes"
     directory.mkdir(mode=0o700)
     sock = directory / "manual.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "hcollectives.services.zygote", "--socket", str(sock),
+    proc = subprocess.Popen([sys.executable, "-m", "hcollectives.launch.zygote", "--socket", str(sock),
                              "--script", str(script), *extra], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=task.wd, env=task.env)
     return proc, sock
@@ -575,7 +575,7 @@ def test_a_script_that_starts_threads_is_not_forked(task):
 @pytest.mark.e2e
 def test_mds_on_the_local_runner_through_the_stub(tmp_path, procs):
     from conftest import EXAMPLES
-    from hcollectives.frontends import datagen
+    from hcollectives.bench import datagen
 
     data = datagen.mds(str(tmp_path / "data"), n=120, dims=3, splits=4, seed=3)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HCOLLECTIVES_", "mapreduce_"))}
@@ -589,7 +589,7 @@ def test_mds_on_the_local_runner_through_the_stub(tmp_path, procs):
 
     import numpy as np
 
-    stub_bin = ("--task-python-bin", f"{sys.executable} -m hcollectives.frontends.task_stub")
+    stub_bin = ("--task-python-bin", f"{sys.executable} -m hcollectives.launch.task_stub")
     plain = mds(tmp_path / "plain.npy")
     assert plain.returncode == 0, plain.stderr[-3000:]
     stubbed = mds(tmp_path / "stub.npy", *stub_bin)

@@ -32,12 +32,14 @@ from .. import store as st
 from ..algorithms.block import Block
 from ..algorithms.gather import GatherAssembly
 from ..algorithms.reduction import reduce_blocks
-from ..algorithms.ring_allreduce import ChunkSend, RingAllReduce, reference_result, ring_layout
-from ..algorithms.topology import Tree, ranks_of
-from ..algorithms.tree_allreduce import Send, TreeAllReduce
+from ..algorithms.ring_allreduce import RingAllReduce, ring_layout
+from ..algorithms.topology import ranks_of
+from ..algorithms.tree_allreduce import TreeAllReduce
 from ..errors import CollectiveTimeout, ConnectionLost, HCollectivesError, ProtocolError
 from ..protocol import messages as m
 from ..transport.trio_channel import Channel, connect
+from .exchange import gather, ring, store_fallback, tree
+from .exchange.gather import piece_id
 from .faults import Faults
 
 log = logging.getLogger(__name__)
@@ -57,10 +59,6 @@ class _Iteration:
     converged_before: bool = False  # iteration-1 converged: this one must not run
     lease_held: bool = False
     asked_coordinator: bool = False
-
-
-def piece_id(task: str, attempt: str) -> str:
-    return f"{task}/{attempt}"
 
 
 class NodeSession:
@@ -97,7 +95,7 @@ class NodeSession:
             state = self.iterations[iteration] = _Iteration()
         return state
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
@@ -130,7 +128,7 @@ class NodeSession:
             log.info("node %s: session %s coordinator connection ended: %s", self.node, self.session, exc)
         finally:
             self.ended.set()
-            self._notify()
+            self.notify()
 
     def _on_coordinator(self, event: m.Message) -> None:
         if isinstance(event, m.Members):
@@ -138,7 +136,7 @@ class NodeSession:
             if self.info and self.info.collective == "allgather":
                 for i, state in self.iterations.items():
                     if state.seal is None:
-                        self.nursery.start_soon(self._push_pieces, i)
+                        self.nursery.start_soon(gather.push_pieces, self, i)
         elif isinstance(event, m.ClaimResult):
             key = (event.iteration, event.task, event.attempt)
             self._claims[key] = event
@@ -156,7 +154,7 @@ class NodeSession:
                 self.stop = event
         else:
             raise ProtocolError(f"unexpected {type(event).__name__} from the coordinator")
-        self._notify()
+        self.notify()
 
     def spawn(self, fn, *args) -> None:
         """Run *fn* in the background; a failure is reported to the coordinator
@@ -252,7 +250,7 @@ class NodeSession:
             return True
         finally:
             state.lease_held = False
-            self._notify()
+            self.notify()
 
     # -- contributions ------------------------------------------------------------------------
 
@@ -287,7 +285,7 @@ class NodeSession:
         state.contributions[task] = (attempt, block)
         if self.info.collective == "allgather":
             state.gather.add(piece_id(task, attempt), block)
-            self.nursery.start_soon(self._push_pieces, i)
+            self.nursery.start_soon(gather.push_pieces, self, i)
 
     async def _checkpoint(self, iteration: int, task: str, attempt: str, block: Block) -> None:
         path = st.contribution_path(self.session, iteration, task, attempt)
@@ -300,7 +298,12 @@ class NodeSession:
             log.warning("node %s: checkpoint of %s failed: %s", self.node, path, exc)
         finally:
             self._pending_checkpoints -= 1
-            self._notify()
+            self.notify()
+
+    async def next_change(self) -> None:
+        """Wait for the next change of this session's state (every wait has a deadline
+        around it: the caller's ``trio.move_on_*``)."""
+        await self._changed.wait()
 
     async def drain(self) -> None:
         """Wait for background checkpoints to land (the caller bounds the wait)."""
@@ -326,7 +329,7 @@ class NodeSession:
             self._peers.pop(node, None)
             raise
 
-    async def _send_quietly(self, node: str, event: m.Message) -> None:
+    async def send_quietly(self, node: str, event: m.Message) -> None:
         """Send, but let the store fallback cover a peer we cannot reach."""
         try:
             await self.send_to_peer(node, event)
@@ -344,27 +347,16 @@ class NodeSession:
             if state.ring is None:
                 state.early.append(event)
             else:
-                self._feed_ring(event.iteration, [event])
+                ring.feed(self, event.iteration, [event])
         elif isinstance(event, (m.Partial, m.Result)):
             state = self.it(event.iteration)
             if state.tree is None:
                 state.early.append(event)
             else:
-                self.spawn(self._feed_tree, event.iteration, [event])
+                self.spawn(tree.feed, self, event.iteration, [event])
         else:
             raise ProtocolError(f"peers do not send {type(event).__name__}")
-        self._notify()
-
-    async def _push_pieces(self, iteration: int) -> None:
-        """AllGather: send every accepted local piece to every member that lacks it."""
-        state = self.it(iteration)
-        for task, (attempt, block) in list(state.contributions.items()):
-            pid = piece_id(task, attempt)
-            sent = state.pushed.setdefault(pid, {self.node})
-            for node in [n for n in self.members if n not in sent]:
-                sent.add(node)
-                self.nursery.start_soon(self._send_quietly, node,
-                                         m.Piece(self.session, iteration, task, attempt, block))
+        self.notify()
 
     # -- the collective of one iteration -----------------------------------------------------
 
@@ -382,179 +374,21 @@ class NodeSession:
                     del state.contributions[task]
             for task, attempt in mine.items():
                 if task not in state.contributions:
-                    state.contributions[task] = (attempt, await self._load_piece(i, task, attempt))
+                    state.contributions[task] = (attempt, await store_fallback.load_piece(self, i, task, attempt))
             if self.info.collective == "allreduce":
                 await self._allreduce(seal)
             else:
-                await self._allgather(seal)
+                await gather.run(self, seal)
         except (HCollectivesError, ValueError, trio.TooSlowError) as exc:
             await self.report_error(f"iteration {i}: {type(exc).__name__}: {exc}")
 
     async def _allreduce(self, seal: m.Seal) -> None:
-        i, state = seal.iteration, self.it(seal.iteration)
+        state = self.it(seal.iteration)
         local = reduce_blocks([state.contributions[t][1] for t in sorted(state.contributions)], self.info.op)
         if seal.layout:
-            await self._ring_allreduce(seal, local)
-            return
-        tree = Tree(len(seal.members), self.info.fanout)
-        rank = ranks_of(seal.members)[self.node]
-        state.tree = TreeAllReduce(rank, tree, self.info.op, local)
-        await self._execute(i, state.tree.start())
-        early, state.early = state.early, []
-        await self._feed_tree(i, [e for e in early if isinstance(e, (m.Partial, m.Result))])
-        with trio.move_on_after(self.info.fallback_timeout):
-            while not state.tree.done:
-                await self._changed.wait()
-        if not state.tree.done:
-            await self._allreduce_fallback(seal, tree, rank)
-
-    async def _feed_tree(self, iteration: int, events: list[m.Message]) -> None:
-        state = self.it(iteration)
-        for event in events:
-            # A partial or result the store fallback already delivered may still
-            # turn up late over TCP: it is the same data, so it is dropped.
-            if isinstance(event, m.Partial):
-                if event.rank not in state.tree.missing_children():
-                    continue
-                sends = state.tree.receive_partial(event.rank, event.block)
-            elif state.tree.result is None:
-                sends = state.tree.receive_result(event.block)
-            else:
-                continue
-            await self._execute(iteration, sends)
-        self._notify()
-
-    async def _execute(self, iteration: int, sends: list[Send]) -> None:
-        state = self.it(iteration)
-        members = state.seal.members
-        for send in sends:
-            node = members[send.dest]
-            if send.kind == "partial":
-                event = m.Partial(self.session, iteration, state.tree.rank, send.block)
-            else:
-                event = m.Result(self.session, iteration, send.block)
-            self.nursery.start_soon(self._send_quietly, node, event)
-        if state.tree.done and state.result is None:
-            await self._finish(iteration, state.tree.result)
-
-    async def _ring_allreduce(self, seal: m.Seal, local: Block) -> None:
-        """Ring AllReduce of a big block whose layout every node shares (`Seal.layout`)."""
-        i, state = seal.iteration, self.it(seal.iteration)
-        if ring_layout(local) != seal.layout:
-            raise ProtocolError(f"iteration {i}: this node's block does not have the sealed layout")
-        # Reduce in place when nobody else reads the buffer: several pieces were
-        # just combined into a fresh one, or the only piece has no checkpoint
-        # being written from it in the background.
-        in_place = len(state.contributions) > 1 or self.store is None
-        state.ring = RingAllReduce(ranks_of(seal.members)[self.node], len(seal.members), self.info.op, local,
-                                   in_place=in_place)
-        self._execute_ring(i, state.ring.start())
-        early, state.early = state.early, []
-        self._feed_ring(i, [e for e in early if isinstance(e, m.RingChunk)])
-        if state.ring.done:
-            await self._finish(i, state.ring.result)
-            return
-        with trio.move_on_after(self.info.fallback_timeout):
-            while not state.ring.done:
-                await self._changed.wait()
-        if not state.ring.done:
-            # A chunk was lost somewhere round the ring. Rebuild the result
-            # from every piece in the store, folded in the ring's own order, so
-            # the bits match those of the nodes whose ring completed.
-            log.warning("node %s: iteration %d: ring incomplete after %gs (steps %s missing); trying the store",
-                        self.node, i, self.info.fallback_timeout, list(state.ring.missing_steps()))
-            locals_ = []
-            for node in seal.members:
-                pieces = sorted((t, a) for t, a, n in seal.pieces if n == node)
-                locals_.append(reduce_blocks([await self._load_piece(i, t, a) for t, a in pieces], self.info.op))
-            if not state.ring.done:
-                result = await trio.to_thread.run_sync(reference_result, locals_, self.info.op)
-                if not state.ring.done:
-                    await self.notice(i, f"ring AllReduce incomplete after {self.info.fallback_timeout:g}s; "
-                                         f"reduced all {len(seal.pieces)} piece(s) from the store")
-                    state.ring.receive_result(result)
-        await self._finish(i, state.ring.result)
-
-    def _feed_ring(self, iteration: int, events: list[m.RingChunk]) -> None:
-        state = self.it(iteration)
-        left = state.ring.left
-        try:
-            for event in events:
-                if event.rank != left:
-                    raise ProtocolError(f"iteration {iteration}: ring chunk from rank {event.rank}, "
-                                        f"expected one from rank {left}")
-                self._execute_ring(iteration, state.ring.receive(event.step, event.data))
-        except (ProtocolError, ValueError) as exc:
-            self.nursery.start_soon(self.report_error, f"iteration {iteration}: {exc}")
-        if state.ring.done and state.result is None:
-            self._notify()
-
-    def _execute_ring(self, iteration: int, sends: list[ChunkSend]) -> None:
-        state = self.it(iteration)
-        for send in sends:
-            event = m.RingChunk(self.session, iteration, state.ring.rank, send.step, send.data)
-            self.nursery.start_soon(self._send_quietly, state.seal.members[send.dest], event)
-
-    async def _allreduce_fallback(self, seal: m.Seal, tree: Tree, rank: int) -> None:
-        """Read from the store what the tree did not deliver in time."""
-        i, state = seal.iteration, self.it(seal.iteration)
-        for child in state.tree.missing_children():
-            nodes = {seal.members[r] for r in tree.subtree(child)}
-            pieces = sorted((t, a) for t, a, n in seal.pieces if n in nodes)
-            log.warning("node %s: iteration %d: partial of rank %d missing after %gs; trying the store",
-                        self.node, i, child, self.info.fallback_timeout)
-            blocks = [await self._load_piece(i, t, a) for t, a in pieces]
-            if child in state.tree.missing_children():  # not delivered over TCP while we read
-                await self.notice(i, f"partial of rank {child} missing after {self.info.fallback_timeout:g}s; "
-                                     f"reduced its {len(pieces)} piece(s) from the store")
-                await self._execute(i, state.tree.receive_partial(child, reduce_blocks(blocks, self.info.op)))
-        if not state.tree.done:
-            if self.store is None:
-                raise CollectiveTimeout(f"the result of iteration {i} never arrived and there is no store")
-            path = st.result_path(self.session, i)
-            log.warning("node %s: iteration %d: result missing after %gs; trying the store",
-                        self.node, i, self.info.fallback_timeout)
-            if await self._store_wait(path, self.timeouts.collective, until=lambda: state.tree.done):
-                block = await trio.to_thread.run_sync(self.store.load_block, path)
-                if not state.tree.done:  # the parent's copy may have arrived while we read
-                    await self.notice(i, f"result missing after {self.info.fallback_timeout:g}s; read it from the store")
-                    await self._execute(i, state.tree.receive_result(block))
-
-    async def _allgather(self, seal: m.Seal) -> None:
-        i, state = seal.iteration, self.it(seal.iteration)
-        state.gather.expect(piece_id(t, a) for t, a, _ in seal.pieces)
-        await self._push_pieces(i)
-        with trio.move_on_after(self.info.fallback_timeout):
-            while not state.gather.done:
-                await self._changed.wait()
-        for pid in state.gather.missing():
-            task, attempt = pid.split("/")
-            if state.gather.add(pid, await self._load_piece(i, task, attempt)):
-                await self.notice(i, f"piece {pid} missing after {self.info.fallback_timeout:g}s; read it from the store")
-        await self._finish(i, state.gather.result())
-
-    async def _load_piece(self, iteration: int, task: str, attempt: str) -> Block:
-        if self.store is None:
-            raise CollectiveTimeout(f"piece {task}/{attempt} of iteration {iteration} never arrived and there is no store")
-        path = st.contribution_path(self.session, iteration, task, attempt)
-        await self._store_wait(path, self.timeouts.collective)
-        return await trio.to_thread.run_sync(self.store.load_block, path)
-
-    async def _store_wait(self, path: str, timeout: float, *, until=None) -> bool:
-        """Wait for *path* in the store; False if *until()* came true first.
-
-        Polling (with backoff) is the only way to watch a remote filesystem; it
-        runs here on the trio loop, so a TCP copy arriving meanwhile ends it.
-        """
-        deadline, delay = trio.current_time() + timeout, 0.02
-        while not await trio.to_thread.run_sync(self.store.exists, path):
-            if until is not None and until():
-                return False
-            if trio.current_time() >= deadline:
-                raise CollectiveTimeout(f"{path} did not appear in the store within {timeout:g}s")
-            await trio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        return True
+            await ring.run(self, seal, local)
+        else:
+            await tree.run(self, seal, local)
 
     async def notice(self, iteration: int, message: str) -> None:
         log.warning("node %s: iteration %d: %s", self.node, iteration, message)
@@ -563,13 +397,13 @@ class NodeSession:
         except HCollectivesError:
             pass
 
-    async def _finish(self, iteration: int, result: Block) -> None:
+    async def finish(self, iteration: int, result: Block) -> None:
         state = self.it(iteration)
         if state.result is not None:
             return
         state.result = result
         state.contributions.clear()  # the result supersedes them; free the memory
-        self._notify()
+        self.notify()
         is_root = ranks_of(state.seal.members)[self.node] == 0
         # HasResult first: the collective is complete here, and a 64 MiB Result
         # queued ahead of it on the same connection would put the driver's

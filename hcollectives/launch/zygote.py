@@ -5,11 +5,11 @@ distutils/yaml/urllib, hcollectives, the job script's own): 0.5-1 s against
 ~0.05 s of work per task in an MDS iteration. Like PySpark's daemon.py, this
 process imports all that once and forks a child per task; the child re-runs
 the script as ``__main__`` with the task's argv, cwd, environment and stdio,
-reusing the modules already imported. `hcollectives.frontends.task_stub` is
+reusing the modules already imported. `hcollectives.launch.task_stub` is
 the client (what mrjob runs as the task's interpreter) and describes the
 protocol.
 
-    python -m hcollectives.services.zygote --socket PATH --script SCRIPT
+    python -m hcollectives.launch.zygote --socket PATH --script SCRIPT
         [--idle-timeout 60] [--warm-timeout 10] [--task-path DIR ...]
 
 Started by the first stub that finds none (under a file lock), detached, with
@@ -55,8 +55,8 @@ import time
 import traceback
 
 # The request format is the stub's: one definition of it, on the light side.
-from ..frontends.task_stub import _HEADER, MAX_REQUEST, PROCESS_START_ENV, _inside
-from ..frontends.task_trace import TRACE_ENV
+from .task_stub import _HEADER, MAX_REQUEST, PROCESS_START_ENV, _inside
+from .task_trace import TRACE_ENV
 
 MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT = 10.0  # a stub sends its request at once; a silent peer is dropped
@@ -72,9 +72,9 @@ WARM_MODULES = (
     "mrjob.job",
     "mrjob.protocol",
     "mrjob.util",
-    "hcollectives.frontends.mrjob_job",
-    "hcollectives.frontends.map_task",
-    "hcollectives.frontends.task_trace",
+    "hcollectives.jobs.mrjob_job",
+    "hcollectives.jobs.map_task",
+    "hcollectives.launch.task_trace",
     "hcollectives.services.task",
     "hcollectives.services.split_cache",
     "hcollectives.transport.sync_channel",
@@ -454,7 +454,7 @@ def _run_script(script: str, env: dict) -> int:
     """Run *script* as __main__, as `python SCRIPT` would; its exit status."""
     try:
         if env.get(TRACE_ENV):
-            from hcollectives.frontends import task_trace
+            from hcollectives.launch import task_trace
 
             task_trace.install()
         runpy.run_path(script, run_name="__main__")
@@ -647,7 +647,7 @@ class Unsafe(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hcollectives.services.zygote", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hcollectives.launch.zygote", description=__doc__.split("\n")[0])
     parser.add_argument("--socket", required=True, help="where to listen (its directory must exist, mode 0700)")
     parser.add_argument("--script", required=True, help="the job script whose imports to warm")
     parser.add_argument("--idle-timeout", type=float, default=60.0, help="exit after this long without tasks")

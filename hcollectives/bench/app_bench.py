@@ -160,7 +160,7 @@ def inputs_on_hdfs(inputs: list[str], stream: TextIO | None) -> Iterator[list[st
     """The input files uploaded once to the cluster's HDFS (removed afterwards), as
     inputs live on a real cluster; otherwise mrjob would upload them for every
     iteration's job, in both ways."""
-    from .mrjob_hdfs import NativeHDFSFilesystem, default_authority
+    from ..hadoop.mrjob_hdfs import NativeHDFSFilesystem, default_authority
 
     authority = default_authority()
     if authority is None:
@@ -178,7 +178,8 @@ def inputs_on_hdfs(inputs: list[str], stream: TextIO | None) -> Iterator[list[st
 
 
 def _collectives_section(stream: TextIO | None) -> dict[str, Any]:
-    from . import collective_bench, mpi_bench
+    from . import collective_bench
+    from . import mpi_bench
 
     if stream is not None:
         print("collectives: AllReduce and AllGather across 2 and 4 node daemons on loopback", file=stream)

@@ -1,9 +1,9 @@
 """A map task's interpreter that hands the task to this machine's fork server.
 
 mrjob runs ``<task_python_bin> SCRIPT --step-num=0 --mapper ...`` for every
-task; with ``--task-python-bin "python -m hcollectives.frontends.task_stub"``
+task; with ``--task-python-bin "python -m hcollectives.launch.task_stub"``
 this stub (standard library only: ~0.05 s) finds or starts the zygote for
-(session, script) -- `hcollectives.services.zygote`, a process that has
+(session, script) -- `hcollectives.launch.zygote`, a process that has
 already imported numpy, mrjob and the script's own imports -- and sends it
 one request: argv, cwd, the whole environment, this process's start time and,
 by SCM_RIGHTS, its fds 0, 1, 2. The zygote forks a child that runs the script
@@ -255,7 +255,7 @@ def _start(script: str, sock_path: str, log_path: str, env, cwd: str, stable: li
         zenv["PYTHONPATH"] = os.pathsep.join(stable)
     else:
         zenv.pop("PYTHONPATH", None)
-    command = [sys.executable, *_interpreter_flags(), "-m", "hcollectives.services.zygote",
+    command = [sys.executable, *_interpreter_flags(), "-m", "hcollectives.launch.zygote",
                "--socket", sock_path, "--script", os.path.abspath(script),
                "--idle-timeout", env.get(IDLE_ENV) or "60"]
     for entry in task_path:
@@ -384,7 +384,7 @@ def run_in_process(argv: list[str]) -> None:
     sys.argv = list(argv)
     sys.path[0] = os.path.dirname(os.path.realpath(argv[0]))
     if os.environ.get("HCOLLECTIVES_TRACE_DIR"):
-        from hcollectives.frontends import task_trace  # stdlib only
+        from hcollectives.launch import task_trace  # stdlib only
 
         task_trace.install()
     try:
@@ -404,7 +404,7 @@ def run_in_process(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        sys.exit("usage: python -m hcollectives.frontends.task_stub SCRIPT [ARGS...]")
+        sys.exit("usage: python -m hcollectives.launch.task_stub SCRIPT [ARGS...]")
     if os.environ.get(ZYGOTE_ENV, "1") == "0":
         return run_in_process(argv)
     # Killed while waiting (Hadoop or mrjob ending the task): die at once, so

@@ -1,7 +1,7 @@
 """Where a task's time goes: phase timestamps of mrjob tasks, for the demo's and bench's breakdown.
 
 Run as mrjob's task interpreter (``--task-python-bin "python -m
-hcollectives.frontends.task_trace"``) with ``$HCOLLECTIVES_TRACE_DIR`` set, it
+hcollectives.launch.task_trace"``) with ``$HCOLLECTIVES_TRACE_DIR`` set, it
 runs the task's script unchanged and writes one JSON file per task process:
 
     process    the process's start (from /proc: includes the interpreter's start-up)
@@ -119,10 +119,10 @@ def install() -> None:
 
 def main() -> None:
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m hcollectives.frontends.task_trace SCRIPT [ARGS...]")
+        sys.exit("usage: python -m hcollectives.launch.task_trace SCRIPT [ARGS...]")
     # Run as -m, this file is __main__; the job imports it by its real name
     # (to note its parse phase), so install the tracing in that module.
-    from hcollectives.frontends import task_trace
+    from hcollectives.launch import task_trace
 
     task_trace.install()
     sys.argv = sys.argv[1:]

@@ -12,8 +12,8 @@ from mrjob.job import MRJob
 from mrjob.step import MRStep
 
 from ..errors import HCollectivesError
-from .mrjob_job import _MRJobLauncher, collective_runner_class
-from .options import load_initial, loop_options_from_args
+from ..driver.mrjob_launcher import MRJobLauncher, collective_runner_class
+from ..driver.options import load_initial, loop_options_from_args
 from .wrap import StreamingPostProcess, collective_from_args, write_result
 
 
@@ -44,7 +44,7 @@ def wrap_command(args: argparse.Namespace, python_bin: str) -> str:
 
 
 def run_main(args: argparse.Namespace, mrjob_args: list[str]) -> int:
-    from .driver import IterativeDriver
+    from ..driver.loop import IterativeDriver
 
     collective = collective_from_args(args)
     post = StreamingPostProcess(collective, args.post_process, args.tolerance)
@@ -55,7 +55,7 @@ def run_main(args: argparse.Namespace, mrjob_args: list[str]) -> int:
     options = loop_options_from_args(args, collective, runner=runner, progress=not args.quiet,
                                      hadoop_tmp_dir=getattr(job.options, "hadoop_tmp_dir", None))
     initial = load_initial(args.initial) if args.initial else np.zeros((0,))
-    driver = IterativeDriver(options, _MRJobLauncher(job), post_process=post, converged=post.converged,
+    driver = IterativeDriver(options, MRJobLauncher(job), post_process=post, converged=post.converged,
                              initial=initial)
     try:
         outcome = driver.run()

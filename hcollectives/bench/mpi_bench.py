@@ -11,7 +11,7 @@ Two parts in one module:
 
 - the **worker**, run by mpirun on every rank::
 
-      mpirun -np N python -m hcollectives.frontends.mpi_bench --worker --sizes 1024,65536 --repeats 5
+      mpirun -np N python -m hcollectives.bench.mpi_bench --worker --sizes 1024,65536 --repeats 5
 
   For each size: a few warm-up rounds, then *repeats* timed rounds; each round
   is ``Barrier()`` and then the collective, timed on every rank; a round's time
@@ -202,7 +202,7 @@ def _env(tmp: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     if os.geteuid() == 0:  # Open MPI refuses root without this
         env.update(ROOT_ENV)
-    # The worker is `-m hcollectives.frontends.mpi_bench`: make it importable
+    # The worker is `-m hcollectives.bench.mpi_bench`: make it importable
     # even from a checkout that is not installed.
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
@@ -287,7 +287,7 @@ def _run_mpirun(nprocs: int, worker_args: Sequence[str], timeout: float,
     mpirun = find_mpirun()
     assert mpirun is not None
     cmd = [mpirun, *options, "-np", str(nprocs),
-           sys.executable, "-m", "hcollectives.frontends.mpi_bench", "--worker", *worker_args]
+           sys.executable, "-m", "hcollectives.bench.mpi_bench", "--worker", *worker_args]
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="hcollectives-mpi-") as tmp:
         out_path, err_path = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--worker" in argv:
         return _worker(argv)
-    parser = argparse.ArgumentParser(prog="python -m hcollectives.frontends.mpi_bench",
+    parser = argparse.ArgumentParser(prog="python -m hcollectives.bench.mpi_bench",
                                      description="Open MPI reference: AllReduce/AllGather on loopback TCP, JSON out.")
     parser.add_argument("--nprocs", default="2,4", help="comma-separated process counts")
     parser.add_argument("--sizes", default="1024,65536,1048576,8388608,67108864")

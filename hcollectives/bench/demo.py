@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import Any
 
-from .bench import add_data_arguments, make_data, quiet_mrjob, runner_args
+from .app_bench import add_data_arguments, make_data, quiet_mrjob, runner_args
 from .breakdown import PARTS
 from .comparison import APPS, compare
 

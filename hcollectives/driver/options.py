@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..errors import ConfigurationError
-from .collectives import AllGather, AllReduce
 
 if TYPE_CHECKING:  # the driver pulls in trio
-    from .driver import LoopOptions
+    from .loop import LoopOptions
+
+
+class CollectiveSpec(Protocol):
+    """What the driver needs of a collective (jobs/collectives.py's AllReduce/AllGather)."""
+
+    name: str
+    op: str
+    allow_nonfinite: bool
 
 
 def add_loop_arguments(group: Any) -> None:
@@ -44,11 +50,11 @@ def add_loop_arguments(group: Any) -> None:
                             "on every node (tasks read it there: it never travels in the job's configuration)")
 
 
-def loop_options_from_args(o: Any, collective: AllReduce | AllGather, *, runner: str,
+def loop_options_from_args(o: Any, collective: CollectiveSpec, *, runner: str,
                            hadoop_tmp_dir: str | None = None, **extra: Any) -> "LoopOptions":
     """LoopOptions for a run on mrjob's *runner* (local/inline runs share the driver's temp dir)."""
-    from .driver import LoopOptions
-    from .hadoop_conf import temporary_store_base
+    from .loop import LoopOptions
+    from ..hadoop.hadoop_conf import temporary_store_base
 
     if o.resume and not o.checkpoint_uri:
         raise ConfigurationError("--resume needs --checkpoint-uri (the default store is deleted after each run)")
@@ -76,15 +82,3 @@ def load_initial(path: str | None) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read --initial {path}: {exc}") from None
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-r", "--runner", default="local", help="mrjob runner: local, hadoop, inline (default local)")
-    parser.add_argument("--mapper", required=True, metavar="CMD", help="the streaming mapper command")
-    from .wrap import add_collective_arguments
-
-    add_collective_arguments(parser)
-    add_loop_arguments(parser)
-    parser.add_argument("--python-bin", help="python that runs `hcollectives wrap` in tasks")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT")

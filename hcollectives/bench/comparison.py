@@ -24,7 +24,7 @@ import numpy as np
 
 from . import breakdown as bd
 from .examples import load_example
-from .task_trace import TRACE_ENV
+from ..launch.task_trace import TRACE_ENV
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def trace_args(trace_dir: str, *, wrap: bool = True) -> list[str]:
 
     With *wrap*, tasks run under task_trace as their interpreter; without, the
     job's own task start (hcollectives' fork server) installs the same tracer."""
-    wrapper = ["--task-python-bin", f"{sys.executable} -m hcollectives.frontends.task_trace"] if wrap else []
+    wrapper = ["--task-python-bin", f"{sys.executable} -m hcollectives.launch.task_trace"] if wrap else []
     return [*wrapper, "--cmdenv", f"{TRACE_ENV}={trace_dir}"]
 
 
@@ -127,7 +127,7 @@ def run_way(app: App, way: Way, *, inputs: list[str], initial: str, iterations: 
 
 def _run_way(app: App, way: Way, trace_dir: str, *, inputs: list[str], initial: str, iterations: int,
              runner_args: list[str], local_nodes: int, stream: TextIO | None) -> WayResult:
-    from .mrjob_job import use_task_fork_server
+    from ..driver.mrjob_launcher import use_task_fork_server
 
     runner = runner_args[runner_args.index("-r") + 1] if "-r" in runner_args else "inline"
     fork_server = not way.vanilla and way.fork_server and use_task_fork_server(runner)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import HCollectivesError
+from .errors import HCollectivesError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..services import node_main
-    from . import wrap as wrap_module
+    from .services import node_main
+    from .jobs import wrap as wrap_module
 
     parser = argparse.ArgumentParser(prog="hcollectives",
                                      description="MPI-style collectives for Hadoop streaming and mrjob jobs.")
@@ -26,33 +26,49 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Iterate a streaming mapper with a collective on an mrjob runner. "
                                      "Options for mrjob itself go after a final `--`, e.g. "
                                      "`hcollectives run ... points.txt -- --num-cores 2`.")
-    from .options import add_run_arguments
     add_run_arguments(run)
 
     node = sub.add_parser("node", help="run a node daemon (as a per-node service)")
     node_main.add_arguments(node)
 
     demo = sub.add_parser("demo", help="the main job: K-means with and without hcollectives")
-    from . import demo as demo_module
+    from .bench import demo as demo_module
     demo_module.add_arguments(demo)
 
     bench = sub.add_parser("bench", help="benchmarks, JSON out")
-    from . import bench as bench_module
+    from .bench import app_bench as bench_module
     bench_module.add_arguments(bench)
 
     datagen = sub.add_parser("datagen", help="generate reproducible inputs")
-    from . import datagen as datagen_module
+    from .bench import datagen as datagen_module
     datagen_module.add_arguments(datagen)
     return parser
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    # Defined here, not in jobs/streaming.py: every streaming task builds this
+    # parser (for `wrap`), and streaming.py imports mrjob, which tasks do not need.
+    from .driver.options import add_loop_arguments
+    from .jobs.wrap import add_collective_arguments
+
+    parser.add_argument("-r", "--runner", default="local", help="mrjob runner: local, hadoop, inline (default local)")
+    parser.add_argument("--mapper", required=True, metavar="CMD", help="the streaming mapper command")
+    add_collective_arguments(parser)
+    add_loop_arguments(parser)
+    parser.add_argument("--python-bin", help="python that runs `hcollectives wrap` in tasks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT")
+
+
+# Each command's module is imported only when it runs: `wrap` starts in every
+# streaming map task and must not pay for mrjob or trio.
 _COMMANDS = {
-    "wrap": ("wrap", "wrap_main"),
-    "run": ("streaming", "run_main"),
-    "node": ("..services.node_main", "run"),
-    "demo": ("demo", "main"),
-    "bench": ("bench", "main"),
-    "datagen": ("datagen", "main"),
+    "wrap": ("hcollectives.jobs.wrap", "wrap_main"),
+    "run": ("hcollectives.jobs.streaming", "run_main"),
+    "node": ("hcollectives.services.node_main", "run"),
+    "demo": ("hcollectives.bench.demo", "main"),
+    "bench": ("hcollectives.bench.app_bench", "main"),
+    "datagen": ("hcollectives.bench.datagen", "main"),
 }
 
 
@@ -72,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         command = args.mapper_command
         args.command = command[1:] if command[:1] == ["--"] else command
     module_name, function = _COMMANDS[args.subcommand]
-    module = importlib.import_module(module_name if module_name.startswith("..") else f".{module_name}",
-                                     package=__package__)
+    module = importlib.import_module(module_name)
     entry = getattr(module, function)
     try:
         return entry(args, extra) if args.subcommand == "run" else entry(args)

@@ -1,0 +1,177 @@
+"""mrjob front end: `MRCollectiveJob`, `AllReduce`, `AllGather`.
+
+An existing MRJob changes its base class and declares a collective; its
+mapper stays as it was. In the driver, ``run()``/``iterate()`` loop over
+iterations (one map-only job each); in a map task, the mapper's (key, value)
+pairs are validated and combined in the task (task-level reduction), then
+handed to the node daemon instead of going to Hadoop's shuffle.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from mrjob.job import MRJob
+from mrjob.step import MRStep
+
+from ..algorithms.block import Block
+from ..driver.mrjob_launcher import MRJobLauncher, collective_runner_class
+from ..driver.options import add_loop_arguments, load_initial, loop_options_from_args
+from ..errors import ConfigurationError, HCollectivesError
+from ..services.task import ENV_PREFIX, TaskEnv
+from .collectives import AllGather, AllReduce, default_post_process
+from .map_task import MapTask, run_task
+from .parsed_input import parsed_input
+
+if TYPE_CHECKING:  # the driver pulls in trio; map tasks never need it
+    from ..driver.loop import LoopOptions, LoopResult
+
+__all__ = ["AllGather", "AllReduce", "MRCollectiveJob"]
+
+
+class MRCollectiveJob(MRJob):
+    """Base class for iterative jobs whose map output goes to a collective."""
+
+    COLLECTIVE: AllReduce | AllGather = AllReduce("sum")
+
+    # -- what users override ------------------------------------------------------------
+
+    def post_process(self, result: Any) -> np.ndarray:
+        """Turn the collective's result into the next iteration's loop data.
+
+        Runs once per node (and once in the driver) after each collective;
+        inside it, `loop_data()` returns the loop data the finished iteration
+        started from (e.g. to keep the centroid of an empty cluster)."""
+        return default_post_process(self.COLLECTIVE, result)
+
+    def converged(self, previous: np.ndarray, current: np.ndarray) -> bool:
+        return False
+
+    #: Optional loop-invariant parsing: define ``parse_input(self, line)`` returning
+    #: one row of numbers (or None to skip the line), and ``mapper(self, _, row)``
+    #: then receives that row instead of the line. Each machine parses a split
+    #: once; later iterations' tasks memory-map the parsed rows (read-only)
+    #: instead of parsing again (``--no-input-cache`` turns that off).
+    parse_input: Callable[[str], Any] | None = None
+
+    # -- options ---------------------------------------------------------------------------
+
+    def configure_args(self) -> None:
+        super().configure_args()
+        # Driver-only options: added to the parser directly, so mrjob does not
+        # pass them to tasks (tasks get what they need through the environment).
+        group = self.arg_parser.add_argument_group("hcollectives")
+        add_loop_arguments(group)
+
+    def loop_options(self) -> "LoopOptions":
+        o = self.options
+        return loop_options_from_args(o, self.COLLECTIVE, runner=o.runner or "inline", progress=not o.quiet,
+                                      hadoop_tmp_dir=getattr(o, "hadoop_tmp_dir", None))
+
+    # -- driver ---------------------------------------------------------------------------------
+
+    def iterate(self) -> "LoopResult":
+        """Run every iteration; returns the final loop data, the count, converged, timings."""
+        from ..driver.loop import IterativeDriver
+
+        initial = load_initial(self.options.initial)
+        driver = IterativeDriver(
+            self.loop_options(), MRJobLauncher(self),
+            post_process=self._hc_post_process,
+            converged=self.converged, initial=initial, stream=sys.stderr)
+        return driver.run()
+
+    def run_job(self) -> None:
+        self.set_up_logging(quiet=self.options.quiet, verbose=self.options.verbose)
+        try:
+            outcome = self.iterate()
+        except HCollectivesError as exc:
+            print(f"hcollectives: error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        if self.options.result:
+            np.save(self.options.result, outcome.loop_data, allow_pickle=False)
+        if not self.options.quiet:
+            print(outcome.summary(self.options.result), file=sys.stderr)
+
+    def _runner_class(self):
+        return collective_runner_class(self.options.runner or "inline")
+
+    # -- task side ------------------------------------------------------------------------------
+
+    def steps(self) -> list[MRStep]:
+        return [MRStep(mapper_init=self._hc_mapper_init, mapper=self._hc_mapper,
+                       mapper_final=self._hc_mapper_final)]
+
+    def loop_data(self) -> np.ndarray:
+        """This iteration's loop data (--initial, or the last post_process result).
+
+        In a speculatively scheduled task this waits until the previous
+        iteration's collective is done."""
+        previous = getattr(self, "_hc_previous", None)
+        if previous is not None:  # called from post_process
+            return previous
+        task = getattr(self, "_hc_task", None)
+        if task is None:
+            raise ConfigurationError("loop_data() is only available inside a map task run by hcollectives")
+        if self._hc_loop_data is None:
+            self._hc_loop_data = task.client.loop_data(self._hc_lease)
+        return self._hc_loop_data
+
+    def _hc_post_process(self, result: Block, previous: np.ndarray) -> np.ndarray:
+        self._hc_previous = previous
+        try:
+            return np.asarray(self.post_process(self.COLLECTIVE.result(result)))
+        finally:
+            self._hc_previous = None
+
+    def _hc_lease(self, result: Block, previous: np.ndarray) -> tuple[np.ndarray, bool]:
+        current = self._hc_post_process(result, previous)
+        return current, bool(self.converged(previous, current))
+
+    def run_mapper(self, step_num: int = 0) -> None:
+        if ENV_PREFIX + "SESSION" not in os.environ:
+            raise ConfigurationError("MRCollectiveJob tasks must be started by an hcollectives driver "
+                                     "(run the job script itself, e.g. `python job.py -r local ...`)")
+        env = TaskEnv.from_environ()
+        self._hc_task = MapTask(env, self.COLLECTIVE)
+        self._hc_loop_data = None
+        if self.parse_input is None:
+            run_task(self._hc_task, lambda: super(MRCollectiveJob, self).run_mapper(step_num))
+        else:
+            run_task(self._hc_task, lambda: self._hc_run_parsed_mapper(step_num))
+
+    def _hc_run_parsed_mapper(self, step_num: int) -> None:
+        """run_mapper for jobs with parse_input: the mapper sees parsed rows, cached per machine."""
+        read, _ = self.pick_protocols(step_num, "mapper")
+        rows = parsed_input(self, self._hc_task.env, read)
+        for _ in self.map_pairs(((None, row) for row in rows), step_num=step_num):
+            pass  # a collective's mapper writes nothing to Hadoop
+
+    def _hc_mapper_init(self):
+        user = _user_method(self, "mapper_init")
+        return self._hc_task.collect_all(user() if user else None, "mapper_init")
+
+    def _hc_mapper(self, key, value):
+        user = _user_method(self, "mapper")
+        if user is None:
+            raise ConfigurationError(f"{type(self).__name__} defines no mapper()")
+        task = self._hc_task
+        task.records += 1
+        return task.collect_all(user(key, value), f"input record {task.records}", value)
+
+    def _hc_mapper_final(self):
+        user = _user_method(self, "mapper_final")
+        out = self._hc_task.collect_all(user() if user else None, "mapper_final")
+        self._hc_task.finish()
+        return out
+
+
+def _user_method(job: MRJob, name: str) -> Callable | None:
+    """The job's own override of an MRJob hook, or None if it has none."""
+    if getattr(type(job), name) is getattr(MRJob, name):
+        return None
+    return getattr(job, name)
