@@ -55,7 +55,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mapper", required=True, metavar="CMD", help="the streaming mapper command")
     add_collective_arguments(parser)
     add_loop_arguments(parser)
-    parser.add_argument("--python-bin", help="python that runs `hcollectives wrap` in tasks")
+    parser.add_argument("--python-bin", help="python that runs `hcollectives wrap` in tasks (default: mrjob's "
+                        "python_bin, from the cluster's mrjob.conf or mrjob's --python-bin after --)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     parser.add_argument("inputs", nargs="+", metavar="INPUT")
 

@@ -58,6 +58,12 @@ class ShapeMismatch(BadMapperOutput):
     """Values for one key have different lengths (across records or tasks)."""
 
 
+class CommandFailed(HCollectivesError):
+    """A streaming mapper or post-process command could not be run at all (not
+    found, not executable). Deterministic, like BadMapperOutput: the run stops at
+    once instead of Hadoop retrying every task into the same failure."""
+
+
 class StoreError(HCollectivesError, OSError):
     """The durable store (file://, hdfs://, ...) failed or timed out."""
 

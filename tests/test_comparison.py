@@ -2,12 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from hcollectives.bench import datagen
 from hcollectives.bench import comparison
-from hcollectives.bench.app_bench import HADOOP_EXTRA_ARGS, runner_args, ways_for
+from hcollectives.bench.app_bench import runner_args, ways_for
 from hcollectives.bench.breakdown import PARTS
 from hcollectives.bench.comparison import compare, read_traces, trace_args
 
@@ -65,18 +64,21 @@ def test_demo_tables_and_chart(kmeans_comparison, tmp_path):
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
 
 
-def test_hadoop_runner_without_a_cluster_is_a_clear_error(monkeypatch):
+def test_hadoop_runner_without_a_cluster_is_a_clear_error(monkeypatch, tmp_path):
     from hcollectives import ConfigurationError
 
-    monkeypatch.delenv("MRJOB_HADOOP_ARGS", raising=False)
+    monkeypatch.setenv("MRJOB_CONF", str(tmp_path / "missing.conf"))
+    monkeypatch.setattr("mrjob.conf.find_mrjob_conf", lambda: None)  # nor ~/.mrjob.conf, /etc/mrjob.conf
     with pytest.raises(ConfigurationError, match="make minicluster"):
         runner_args("hadoop")
     assert runner_args("local", 3) == ["-r", "local", "--num-cores", "3"]
 
 
-def test_hadoop_runner_args_add_what_both_ways_share(monkeypatch):
-    monkeypatch.setenv("MRJOB_HADOOP_ARGS", "-r hadoop --hadoop-bin '/opt/my hadoop/bin/hadoop'")
-    assert runner_args("hadoop") == ["-r", "hadoop", "--hadoop-bin", "/opt/my hadoop/bin/hadoop", *HADOOP_EXTRA_ARGS]
+def test_hadoop_runner_args_are_a_bare_runner_with_the_clusters_conf(monkeypatch, tmp_path):
+    conf = tmp_path / "mrjob.conf"
+    conf.write_text('{"runners": {"hadoop": {"python_bin": "/opt/py/bin/python"}}}')
+    monkeypatch.setenv("MRJOB_CONF", str(conf))
+    assert runner_args("hadoop") == ["-r", "hadoop"]
 
 
 def test_ways_per_runner_and_a_clear_error_for_others():

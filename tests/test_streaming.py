@@ -59,3 +59,34 @@ def test_streaming_bad_output_names_the_line(kmeans_data, tmp_path, no_orphan_da
     assert done.returncode != 0
     assert time.monotonic() - t0 < 60
     assert "mapper output line 5" in done.stderr and "'nope' is not a number" in done.stderr, done.stderr[-3000:]
+
+
+def test_wrap_runs_under_mrjobs_python_bin(kmeans_data, tmp_path, no_orphan_daemons):
+    """No --python-bin of ours: `hcollectives wrap` runs under mrjob's python_bin (here
+    mrjob's --python-bin after `--`; on a cluster, its mrjob.conf), as every task must."""
+    calls = tmp_path / "python-calls"
+    python = tmp_path / "cluster-python"
+    python.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    mapper = f"{sys.executable} {MAPPERS / 'kmeans_mapper.py'}"
+    done = hc_run("--mapper", mapper, "--allreduce", "sum", "--initial", kmeans_data.initial,
+                  "--max-iterations", "1", *kmeans_data.inputs, "--", "--python-bin", str(python))
+    assert done.returncode == 0, done.stderr
+    wraps = [line for line in calls.read_text().splitlines() if "-m hcollectives wrap" in line]
+    assert len(wraps) == len(kmeans_data.inputs)  # one per map task
+
+
+@pytest.mark.parametrize("which", ["mapper", "post-process"])
+def test_a_command_that_cannot_run_stops_the_run_naming_it(kmeans_data, tmp_path, which, no_orphan_daemons):
+    """Not found is deterministic: the run stops at once (no retries), naming the command and where."""
+    mapper = f"{sys.executable} {MAPPERS / 'kmeans_mapper.py'}"
+    missing = str(tmp_path / "no-such-mapper")
+    args = (["--mapper", missing] if which == "mapper" else
+            ["--mapper", mapper, "--post-process", f"{missing} --post-process"])
+    t0 = time.monotonic()
+    done = hc_run(*args, "--allreduce", "sum", "--initial", kmeans_data.initial, "--max-iterations", "2",
+                  *kmeans_data.inputs)
+    assert done.returncode != 0
+    assert time.monotonic() - t0 < 60
+    assert f"cannot run {which} command" in done.stderr and "no-such-mapper" in done.stderr, done.stderr
+    assert "No such file or directory" in done.stderr and ("host " in done.stderr or "node " in done.stderr)

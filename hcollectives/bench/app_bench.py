@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import uuid
@@ -41,9 +40,6 @@ HADOOP_WAYS = {
     "kmeans": ["vanilla", "hcollectives", "no_speculative", "hadoop_fs_client", "fork_server"],
     "mds": ["vanilla", "hcollectives", "no_speculative", "no_input_cache", "hadoop_fs_client", "fork_server"],
 }
-# Both ways on -r hadoop: no mrjob.conf, and the tasks' python (--python-bin) has
-# mrjob installed, so mrjob need not ship and unpack its zip for every job.
-HADOOP_EXTRA_ARGS = ["--no-conf", "--no-bootstrap-mrjob"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,11 +76,15 @@ def quiet_mrjob() -> None:
 
 def runner_args(runner: str, num_cores: int | None = None) -> list[str]:
     if runner == "hadoop":
-        hadoop = os.environ.get("MRJOB_HADOOP_ARGS")
-        if not hadoop:
-            raise ConfigurationError("--runner hadoop needs $MRJOB_HADOOP_ARGS: start the mini-cluster "
-                                     "(make minicluster) and source .minicluster/env.sh")
-        return shlex.split(hadoop) + HADOOP_EXTRA_ARGS
+        # Both ways run exactly as a user would: a bare -r hadoop with the
+        # cluster's mrjob.conf (hadoop_bin, streaming jar, python_bin, ...).
+        from mrjob.conf import find_mrjob_conf
+
+        if not find_mrjob_conf():
+            raise ConfigurationError("--runner hadoop runs jobs with a bare -r hadoop and the cluster's mrjob.conf, "
+                                     "and mrjob finds none ($MRJOB_CONF, ~/.mrjob.conf, /etc/mrjob.conf): start the "
+                                     "mini-cluster (make minicluster) and source .minicluster/env.sh")
+        return ["-r", "hadoop"]
     return ["-r", "local"] + (["--num-cores", str(num_cores)] if num_cores else [])
 
 

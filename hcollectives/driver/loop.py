@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 120.0
 # After an abort, how long tasks get to notice the Stop before they are terminated.
 ABORT_GRACE = 3.0
+# Ending one abandoned job (a YARN application kill) takes a request or two.
+ABANDON_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +163,11 @@ class IterationReport:
 class JobLauncher(Protocol):
     def run_iteration(self, iteration: int, env: dict[str, str], report: IterationReport) -> None:
         """Run iteration's map-only job to completion (blocking); raise on failure."""
+
+    # Optional: ``abandon(iteration)`` ends a still-running iteration's job at once
+    # (blocking, bounded) when the run has failed, so a doomed run costs one job:
+    # a speculatively submitted next iteration is killed instead of waiting for
+    # its own tasks to fail.
 
 
 PostProcess = Callable[[Block, np.ndarray], np.ndarray]
@@ -315,6 +322,12 @@ class IterativeDriver:
             for done in self._launched.values():
                 await done.wait()
 
+        abandon = getattr(self.launcher, "abandon", None)
+        if self.coordinator.failure is not None and abandon is not None:
+            for i, done in sorted(self._launched.items()):
+                if not done.is_set():
+                    with trio.move_on_after(ABANDON_TIMEOUT):
+                        await trio.to_thread.run_sync(abandon, i, abandon_on_cancel=True)
         if self.coordinator.failure is not None and self.options.share_rundir:
             with trio.move_on_after(ABORT_GRACE):
                 await all_done()

@@ -10,6 +10,7 @@ a `JobFailed` that names the task's own error.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,13 @@ from ..services.task import ENV_PREFIX
 if TYPE_CHECKING:
     from .loop import IterationReport
 
-__all__ = ["MRJobLauncher", "collective_runner_class", "use_task_fork_server"]
+__all__ = ["MRJobLauncher", "PYTHON_BIN", "collective_runner_class", "use_task_fork_server"]
+
+#: First word of a streaming step's command that the runner replaces with mrjob's
+#: python_bin (mrjob.conf or --python-bin): `hcollectives wrap` must run under
+#: the Python the cluster's admin named, which has hcollectives, not the node's
+#: bare python3.
+PYTHON_BIN = "<python_bin>"
 
 
 def use_task_fork_server(runner: str) -> bool:
@@ -45,6 +52,7 @@ class MRJobLauncher:
 
     def __init__(self, job: MRJob) -> None:
         self.job = job
+        self._tags: dict[int, str] = {}  # iteration -> its YARN application's tag (-r hadoop)
 
     def run_iteration(self, iteration: int, env: dict[str, str], report: "IterationReport") -> None:
         kwargs = self.job._runner_kwargs()
@@ -53,7 +61,7 @@ class MRJobLauncher:
             kwargs["task_python_bin"] = [sys.executable, "-m", "hcollectives.launch.task_stub"]
         watcher = None
         if self.job.options.runner == "hadoop":
-            watcher, kwargs["jobconf"] = _watch_maps(kwargs.get("jobconf"), env, report)
+            watcher, kwargs["jobconf"], self._tags[iteration] = _watch_maps(kwargs.get("jobconf"), env, report)
         runner = self.job._runner_class()(**kwargs)
         runner.hc_report = report
         with runner:
@@ -62,11 +70,29 @@ class MRJobLauncher:
             except Exception as exc:
                 cause = getattr(runner, "hc_cause", None)
                 if not cause:
-                    raise
-                raise JobFailed(f"{exc}\n  probable cause, from the failed task's stderr: {cause}") from exc
+                    raise JobFailed(_without_command(exc)) from exc
+                raise JobFailed(f"{_without_command(exc)}\n  probable cause, from the failed task's stderr: "
+                                f"{cause}") from exc
             finally:
                 if watcher is not None:
                     watcher.stop()
+
+    def abandon(self, iteration: int) -> None:
+        """The run failed: kill this iteration's job if it still runs (YARN only; on
+        local runners the driver ends the session's processes itself)."""
+        tag = self._tags.get(iteration)
+        if tag is not None:
+            _abandon_on_yarn(tag)
+
+
+def _abandon_on_yarn(tag: str) -> None:
+    from ..hadoop import hadoop_conf, yarn_watch
+
+    rm_web = hadoop_conf.resource_manager_web()
+    if rm_web:
+        killed = yarn_watch.kill_application(rm_web, tag)
+        if killed:
+            print(f"hcollectives: killed {killed}: the run has failed", file=sys.stderr)
 
 
 def _watch_maps(jobconf: dict | None, env: dict[str, str], report: "IterationReport"):
@@ -80,10 +106,10 @@ def _watch_maps(jobconf: dict | None, env: dict[str, str], report: "IterationRep
     jobconf = dict(jobconf or {}, **{"mapreduce.job.tags": tags})
     rm_web = hadoop_conf.resource_manager_web()
     if not rm_web:
-        return None, jobconf
+        return None, jobconf, tag
     watcher = yarn_watch.MapLaunchWatcher(rm_web, tag, report.all_tasks_scheduled)
     watcher.start()
-    return watcher, jobconf
+    return watcher, jobconf, tag
 
 
 _RUNNER_CLASSES: dict[str, type] = {}
@@ -113,9 +139,19 @@ def collective_runner_class(alias: str) -> type:
         def _pick_error(self, log_interpretation, step_type):  # Hadoop: from the task logs
             error = base._pick_error(self, log_interpretation, step_type)
             self.hc_cause = _error_message(error)
+            if alias == "hadoop":
+                self.hc_cause = _hadoop_task_cause(self, log_interpretation) or self.hc_cause
             return error
 
+        def _substep_args(self, step_num, mrc):
+            args = base._substep_args(self, step_num, mrc)
+            if args and args[0] == PYTHON_BIN:
+                args = [*self._python_bin(), *args[1:]]
+            return args
+
         attrs = {}
+        if hasattr(base, "_substep_args"):
+            attrs["_substep_args"] = _substep_args
         if alias == "hadoop":
             attrs["fs"] = property(_native_hdfs_fs)
         if hasattr(base, "_run_mappers_and_combiners"):
@@ -143,13 +179,49 @@ def _native_hdfs_fs(runner: Any):
 
 
 def _error_message(error: dict | None) -> str | None:
-    """The last line of the exception in an mrjob error dict (what the task raised)."""
+    """The exception in an mrjob error dict (what the task raised), never a Java stack frame."""
+    from ..hadoop.task_logs import missing_module_advice, python_error
+
     for part in ("task_error", "hadoop_error", "spark_error"):
         message = ((error or {}).get(part) or {}).get("message")
-        if message:
-            lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-            return lines[-1][:500] if lines else None
+        if not message:
+            continue
+        found = python_error(message)
+        if found:
+            return found[0][:500] + missing_module_advice(found[0])
+        # A Java exception: its first line says what happened; the lines after it
+        # ("at org.apache...(YarnChild.java:172)") only where.
+        lines = [line.strip() for line in message.strip().splitlines()
+                 if line.strip() and not line.strip().startswith("at ")]
+        if lines:
+            return lines[0][:500]
     return None
+
+
+def _hadoop_task_cause(runner: Any, log_interpretation: dict) -> str | None:
+    """The failed tasks' own Python exception from their containers' stderr (task_logs.py)."""
+    from ..hadoop.task_logs import failed_task_error
+
+    step = (log_interpretation or {}).get("step") or {}
+    application = step.get("application_id") or (step.get("job_id") or "").replace("job_", "application_", 1)
+    if not application.startswith("application_"):
+        return None
+    try:
+        hadoop_bin = runner.get_hadoop_bin()
+    except Exception:  # noqa: BLE001 -- then only the log dirs on this machine are read
+        hadoop_bin = None
+    try:
+        found = failed_task_error(application, log_dirs=runner._opts.get("hadoop_log_dirs") or (),
+                                  hadoop_bin=hadoop_bin)
+    except Exception:  # noqa: BLE001 -- looking for the cause must never hide the failure itself
+        return None
+    return found.describe() if found else None
+
+
+def _without_command(exc: BaseException) -> str:
+    """mrjob's message, without the `hadoop jar` command line it quotes: long, and it
+    carries every -cmdenv value, the session secret included."""
+    return re.sub(r"Command '\[.*?\]'", "`hadoop jar ...`", str(exc), flags=re.S)
 
 
 def _task_stderr_cause(runner: Any, ex: BaseException) -> str | None:

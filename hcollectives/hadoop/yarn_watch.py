@@ -109,3 +109,23 @@ class MapLaunchWatcher(threading.Thread):
                 return json.loads(reply.read(1 << 20))
         except (OSError, ValueError, urllib.error.URLError):
             return None
+
+
+def kill_application(rm_web: str, tag: str, *, timeout: float = REQUEST_TIMEOUT) -> str | None:
+    """Kill the unfinished YARN application tagged *tag* through the ResourceManager's
+    REST API; the killed application's id, or None if there was none to kill or
+    the web service refused (a secured UI: then the job ends by itself)."""
+    apps_url = f"http://{rm_web}/ws/v1/cluster/apps?applicationTags={tag}"
+    application = application_with_tag(MapLaunchWatcher._ask(apps_url))
+    if application is None:
+        return None
+    request = urllib.request.Request(f"http://{rm_web}/ws/v1/cluster/apps/{application}/state",
+                                     data=json.dumps({"state": "KILLED"}).encode(), method="PUT",
+                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:  # noqa: S310 -- http only
+            reply.read(1 << 16)
+    except (OSError, urllib.error.URLError) as exc:
+        log.info("could not kill YARN application %s (tag %s): %s", application, tag, exc)
+        return None
+    return application

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ..algorithms.reduction import Accumulator, to_vector
-from ..errors import BadMapperOutput, HCollectivesError
+from ..errors import BadMapperOutput, CommandFailed, HCollectivesError
 from ..services.task import IterationStopped, TaskClient, TaskEnv
 
 
@@ -53,8 +53,9 @@ class MapTask:
 def run_task(task: MapTask, body: Callable[[], None]) -> None:
     """Run a task's body with the session's rules for how tasks end.
 
-    Bad mapper output is deterministic (a retry would fail the same way), so it
-    is reported to the coordinator, which aborts the whole run at once. A task
+    Bad mapper output, and a streaming command that cannot be started, are
+    deterministic (a retry would fail the same way), so they are reported to
+    the coordinator, which aborts the whole run at once. A task
     told that the loop converged before its iteration exits 0 with no output.
     Any other failure propagates: Hadoop retries the attempt, as it would
     without hcollectives.
@@ -64,12 +65,13 @@ def run_task(task: MapTask, body: Callable[[], None]) -> None:
         body()
     except IterationStopped:
         pass
-    except BadMapperOutput as exc:
+    except (BadMapperOutput, CommandFailed) as exc:
         try:
             task.client.fail(str(exc))
         except HCollectivesError:
             pass
-        print(f"hcollectives: bad mapper output: {exc}", file=sys.stderr, flush=True)
+        what = "bad mapper output" if isinstance(exc, BadMapperOutput) else "command failed"
+        print(f"hcollectives: {what}: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
     finally:
         task.client.close()

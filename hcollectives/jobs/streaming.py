@@ -12,7 +12,7 @@ from mrjob.job import MRJob
 from mrjob.step import MRStep
 
 from ..errors import HCollectivesError
-from ..driver.mrjob_launcher import MRJobLauncher, collective_runner_class
+from ..driver.mrjob_launcher import PYTHON_BIN, MRJobLauncher, collective_runner_class
 from ..driver.options import load_initial, loop_options_from_args
 from .wrap import StreamingPostProcess, collective_from_args, write_result
 
@@ -49,7 +49,10 @@ def run_main(args: argparse.Namespace, mrjob_args: list[str]) -> int:
     collective = collective_from_args(args)
     post = StreamingPostProcess(collective, args.post_process, args.tolerance)
     runner = args.runner or "local"
-    python_bin = args.python_bin or (sys.executable if runner in ("local", "inline") else "python3")
+    # By default the runner puts mrjob's own python_bin in place of PYTHON_BIN
+    # (the cluster's mrjob.conf, or mrjob's --python-bin after `--`); the inline
+    # runner runs commands without one.
+    python_bin = args.python_bin or (sys.executable if runner == "inline" else PYTHON_BIN)
     job = StreamingCollectiveJob(args=["-r", runner, "--hc-mapper-command", wrap_command(args, python_bin),
                                        *(["-q"] if args.quiet else []), *mrjob_args, *args.inputs])
     options = loop_options_from_args(args, collective, runner=runner, progress=not args.quiet,

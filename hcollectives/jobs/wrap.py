@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..algorithms.block import Block
-from ..errors import BadMapperOutput, ConfigurationError, HCollectivesError
+from ..errors import BadMapperOutput, CommandFailed, ConfigurationError, HCollectivesError
 from ..services.task import TaskEnv
 from .collectives import AllGather, AllReduce, default_post_process
 from .map_task import MapTask, run_task
@@ -71,12 +72,15 @@ class StreamingPostProcess:
             write_result(result_path, self.collective, block)
             previous_path, output_path = os.path.join(tmp, "previous.npy"), os.path.join(tmp, "output.npy")
             np.save(previous_path, previous, allow_pickle=False)
-            env = dict(os.environ, HCOLLECTIVES_RESULT=result_path, HCOLLECTIVES_LOOP_DATA=previous_path,
+            env = dict(command_environ(), HCOLLECTIVES_RESULT=result_path, HCOLLECTIVES_LOOP_DATA=previous_path,
                        HCOLLECTIVES_OUTPUT=output_path)
             try:
                 done = subprocess.run(shlex.split(self.command), env=env, stdin=subprocess.DEVNULL,
                                       capture_output=True, timeout=POST_PROCESS_TIMEOUT)
-            except (OSError, subprocess.TimeoutExpired) as exc:
+            except OSError as exc:  # not found, not executable: every node would fail alike
+                raise CommandFailed(f"cannot run post-process command {self.command!r} on {_host()} "
+                                    f"(working directory {os.getcwd()}): {exc.strerror or exc}") from None
+            except subprocess.TimeoutExpired as exc:
                 raise HCollectivesError(f"post-process command {self.command!r} failed: {exc}") from None
             if done.returncode != 0:
                 raise HCollectivesError(f"post-process command {self.command!r} exited {done.returncode}: "
@@ -162,13 +166,37 @@ def wrap_main(args: argparse.Namespace) -> int:
     return exit_code
 
 
+def command_environ() -> dict[str, str]:
+    """The environment of a streaming mapper or post-process command.
+
+    Its ``python``/``python3`` is the Python running this wrapper (on a cluster,
+    mrjob's python_bin, which has numpy and hcollectives): a task's own PATH
+    under YARN rarely has a ``python`` at all, and its ``python3`` is the
+    node's bare one. ``$HCOLLECTIVES_PYTHON`` names it too.
+    """
+    env = dict(os.environ, HCOLLECTIVES_PYTHON=sys.executable)
+    here = os.path.dirname(sys.executable)
+    path = env.get("PATH", "")
+    if here and here not in path.split(os.pathsep):
+        env["PATH"] = here + (os.pathsep + path if path else "")
+    return env
+
+
+def _host() -> str:
+    """This task's node, as a user would look for it: YARN's NodeManager, else the host name."""
+    nm = os.environ.get("NM_HOST")
+    return f"node {nm}:{os.environ.get('NM_PORT', '')}" if nm else f"host {socket.gethostname()}"
+
+
 def _run_mapper(task: MapTask, command: list[str], loop_path: str) -> int:
-    child_env = dict(os.environ, HCOLLECTIVES_LOOP_DATA=os.path.abspath(loop_path),
+    child_env = dict(command_environ(), HCOLLECTIVES_LOOP_DATA=os.path.abspath(loop_path),
                      HCOLLECTIVES_ITERATION=str(task.env.iteration))
     try:
         proc = subprocess.Popen(command, stdin=sys.stdin.fileno(), stdout=subprocess.PIPE, env=child_env)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot start mapper {command!r}: {exc}") from None
+    except OSError as exc:  # not found, not executable: a retry would fail the same way
+        raise CommandFailed(f"{task.env.describe()}: cannot run mapper command {shlex.join(command)!r} on "
+                            f"{_host()} (working directory {os.getcwd()}, PATH={os.environ.get('PATH', '')}): "
+                            f"{exc.strerror or exc}") from None
     try:
         for number, line in enumerate(proc.stdout, 1):
             if not line.strip():
