@@ -22,9 +22,11 @@ or with the collective run, and with a numpy reference):
 
 Each ``-r hadoop`` iteration costs 10-40 s on a 2-core machine (a YARN
 application; plain mrjob also its ``hadoop fs`` client JVMs), so every run is 2 iterations
-of small data, inputs are uploaded to HDFS once (mrjob would upload local
-inputs again for every iteration's job), and mrjob is not bootstrapped into
-the tasks (the tasks' python, --python-bin, has it installed).
+of small data and inputs are uploaded to HDFS once (mrjob would upload local
+inputs again for every iteration's job). Jobs run as the README tells users
+to: a bare ``-r hadoop`` with the cluster's mrjob.conf (``make minicluster``
+writes it: hadoop_bin, streaming jar, python_bin = this venv's python, log
+dirs), no mrjob options of the test's own.
 
 Nothing here imports hdfs-native (HDFS is read with the cluster's own
 ``hadoop fs``, in child processes): its runtime threads in this process would
@@ -119,9 +121,9 @@ def hdfs_entries(listing: str) -> list[str]:
 
 
 def mrjob_hadoop_args(env) -> list[str]:
-    # --no-bootstrap-mrjob: the tasks' python (--python-bin, this venv) has mrjob
-    # installed, so mrjob need not upload and unpack its own zip for every job.
-    return [*shlex.split(env["MRJOB_HADOOP_ARGS"]), "--no-conf", "--no-bootstrap-mrjob"]
+    """What a user types: everything else comes from the cluster's mrjob.conf ($MRJOB_CONF)."""
+    assert env.get("MRJOB_CONF") and os.path.exists(env["MRJOB_CONF"]), "make minicluster writes the mrjob.conf"
+    return ["-r", "hadoop"]
 
 
 # 2 GiB map containers on 4 GiB NodeManagers: at most two maps fit on one, so
@@ -336,8 +338,7 @@ def data(cluster_env, tmp_path_factory):
 def logging_hadoop_bin(env, directory: Path) -> tuple[list[str], Path]:
     """--hadoop-bin for a `hadoop` that notes each command it is started for, then runs the real one."""
     log, script = directory / "hadoop-calls", directory / "hadoop"
-    real = shlex.split(env["MRJOB_HADOOP_ARGS"])
-    real = real[real.index("--hadoop-bin") + 1]
+    real = os.path.join(env["HADOOP_HOME"], "bin", "hadoop")
     script.write_text(f'#!/bin/sh\necho "$1 $2" >> {shlex.quote(str(log))}\nexec {shlex.quote(real)} "$@"\n')
     script.chmod(0o755)
     return ["--hadoop-bin", str(script)], log
@@ -442,13 +443,13 @@ def streaming(runner_args, mapper_args, result, inputs, env, *, mrjob_args=(), c
 
 
 def streaming_on_yarn(cluster_env, mapper_args, result, hdfs_input):
-    # `hcollectives run` needs -r and --python-bin itself (the python running
-    # `hcollectives wrap` in the tasks; mrjob's --python-bin after `--` is
-    # mrjob's own). The mapper commands name mappers/*.py relative to the
-    # working directory: in the tasks that is the container's, where mrjob's
-    # --dirs unpacks mappers/; the driver (which runs --post-process too) runs in ROOT.
-    return streaming(["-r", "hadoop", "--python-bin", sys.executable], mapper_args, result, [hdfs_input],
-                     cluster_env, mrjob_args=[*mrjob_hadoop_args(cluster_env), "--dirs", MAPPERS])
+    # A bare `hcollectives run -r hadoop`: `hcollectives wrap` runs under the
+    # cluster's python_bin (mrjob.conf), and so does the mappers' `python3`. The
+    # mapper commands name mappers/*.py relative to the working directory: in
+    # the tasks that is the container's, where mrjob's --dirs unpacks mappers/;
+    # the driver (which runs --post-process too) runs in ROOT.
+    return streaming(mrjob_hadoop_args(cluster_env), mapper_args, result, [hdfs_input], cluster_env,
+                     mrjob_args=["--dirs", MAPPERS])
 
 
 def streaming_on_local(mapper_args, result, inputs):
@@ -457,7 +458,7 @@ def streaming_on_local(mapper_args, result, inputs):
 
 
 def test_streaming_kmeans_on_yarn_matches_local(cluster_env, data, tmp_path, no_orphan_daemons):
-    mapper = f"{sys.executable} mappers/kmeans_mapper.py"
+    mapper = "python3 mappers/kmeans_mapper.py"  # as a user writes it (no path to a particular python)
     args = ["--mapper", mapper, "--allreduce", "sum", "--post-process", f"{mapper} --post-process",
             "--initial", data.kmeans.initial]
     done = streaming_on_yarn(cluster_env, args, tmp_path / "yarn.npz", data.kmeans.hdfs)
@@ -533,11 +534,63 @@ def test_vanilla_kmeans_on_yarn_matches_the_collective_run(cluster_env, data, km
     assert_rel_close(centroids, np.load(kmeans_on_yarn.result))
 
 
+# -- what a user sees when things go wrong; a mapper in another language ---------------------------
+
+
+BOOM_JOB = """\
+from hcollectives import MRCollectiveJob, AllReduce
+
+
+class Boom(MRCollectiveJob):
+    COLLECTIVE = AllReduce("sum")
+
+    def mapper(self, _, line):
+        raise RuntimeError("boom from the user's mapper on " + line.split()[0])
+
+
+if __name__ == "__main__":
+    Boom.run()
+"""
+
+
+def test_a_failing_task_shows_its_own_exception_and_the_run_costs_one_job(cluster_env, data, tmp_path):
+    """mrjob alone shows a Java stack frame here; the run shows the task's Python
+    exception, within 3 minutes, and kills iteration 2's speculatively submitted job."""
+    job = tmp_path / "boom.py"
+    job.write_text(BOOM_JOB)
+    t0 = time.monotonic()
+    done = run([sys.executable, job, *mrjob_hadoop_args(cluster_env), "--initial", data.kmeans.initial,
+                "--max-iterations", "3", data.kmeans.hdfs], cluster_env, cwd=tmp_path, timeout=400)
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 1, stderr_tail(done)
+    error = done.stderr[done.stderr.rindex("hcollectives: error:"):]
+    assert "RuntimeError: boom from the user's mapper on" in error and "boom.py, line 8, in mapper" in error, error
+    assert "YarnChild" not in error and "HCOLLECTIVES_SECRET" not in error, error
+    assert elapsed < 180, f"took {elapsed:.0f} s"
+    submitted = {line.split()[-1] for line in done.stderr.splitlines() if "Submitted application" in line}
+    killed = {line.split()[2] for line in done.stderr.splitlines() if line.startswith("hcollectives: killed ")}
+    # Iteration 2 went in speculatively once iteration 1's maps had containers; the
+    # failed run killed it rather than waiting for its own tasks to fail.
+    assert len(submitted) <= 2 and submitted - killed and (len(submitted) == 1 or len(killed) == 1), done.stderr[-3000:]
+
+
+def test_an_awk_mapper_runs_with_a_bare_hcollectives_run(cluster_env, data, tmp_path, no_orphan_daemons):
+    """Any language: awk emits key<TAB>numbers; AllReduce sums columns 1-2 and counts rows."""
+    result = tmp_path / "sums.npz"
+    done = run([sys.executable, "-m", "hcollectives", "run", *mrjob_hadoop_args(cluster_env),
+                "--mapper", "awk '{print \"0\\t\" $1 \" \" $2 \" 1\"}'", "--allreduce", "sum",
+                "--max-iterations", "1", *ITERATION_TIMEOUT, "--result", result, data.kmeans.hdfs], cluster_env)
+    assert done.returncode == 0, stderr_tail(done)
+    with np.load(result) as sums:
+        np.testing.assert_allclose(sums["0"], [*data.kmeans.points[:, :2].sum(0), len(data.kmeans.points)],
+                                   rtol=1e-12)
+
+
 # -- streaming MDS (last: lowest priority for the time budget) -----------------------------------------
 
 
 def test_streaming_mds_on_yarn_matches_local(cluster_env, data, tmp_path, no_orphan_daemons):
-    args = ["--mapper", f"{sys.executable} mappers/mds_bc_mapper.py", "--allgather", "--initial", data.mds.initial]
+    args = ["--mapper", "python3 mappers/mds_bc_mapper.py", "--allgather", "--initial", data.mds.initial]
     done = streaming_on_yarn(cluster_env, args, tmp_path / "yarn.npy", data.mds.hdfs)
     assert done.returncode == 0, stderr_tail(done)
     assert f"{ITERATIONS} iteration(s), did not converge" in done.stderr, stderr_tail(done)
@@ -562,7 +615,7 @@ def test_bench_on_yarn_runs_both_ways_with_the_breakdown(cluster_env, tmp_path):
                 "--clusters", "3", "--splits", SPLITS, "--out", out], cluster_env)
     assert done.returncode == 0, stderr_tail(done)
     report = json.loads(out.read_text())["kmeans"]
-    assert report["runner"] == "hadoop" and report["runner_args"][-2:] == ["--no-conf", "--no-bootstrap-mrjob"]
+    assert report["runner"] == "hadoop" and report["runner_args"] == ["-r", "hadoop"]  # the cluster's mrjob.conf
     hc, vanilla = report["hadoop"]["hcollectives"], report["hadoop"]["vanilla"]
     assert hc["max_rel_diff_vs_vanilla"] < 1e-9
     assert hc["speedup_vs_vanilla"] > 0

@@ -76,3 +76,19 @@ def test_write_result_formats(tmp_path):
         assert sorted(z.files) == ["0", "1"] and z["1"].tolist() == [3.0, 4.0]
     write_result(str(tmp_path / "g.npy"), AllGather(), block)
     np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), [[1, 2], [3, 4]])
+
+
+def test_streaming_commands_see_the_wrappers_python_first(monkeypatch):
+    """A task's PATH under YARN has no `python` and a bare `python3`: a mapper's
+    `python3` must be the Python running the wrapper (mrjob's python_bin)."""
+    import os
+    import sys
+
+    from hcollectives.jobs.wrap import command_environ
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = command_environ()
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    assert env["PATH"].endswith("/usr/bin:/bin") and env["HCOLLECTIVES_PYTHON"] == sys.executable
+    monkeypatch.setenv("PATH", f"/opt/x:{os.path.dirname(sys.executable)}")
+    assert command_environ()["PATH"] == f"/opt/x:{os.path.dirname(sys.executable)}"  # already there: unchanged

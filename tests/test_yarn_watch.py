@@ -58,6 +58,7 @@ class FakeResourceManager:
 
     def __init__(self, answers: list, apps: list | None = None):
         self.answers, self.apps, self.paths = list(answers), list(apps or [APPS]), []
+        self.allow_kill = True
         outer = self
 
         def next_of(answers: list):
@@ -72,6 +73,15 @@ class FakeResourceManager:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_PUT(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.paths.append(f"PUT {self.path} {body.decode()}")
+                reply = json.dumps({"state": "KILLED"}).encode()
+                self.send_response(200 if outer.allow_kill else 403)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
 
             def log_message(self, *args):
                 pass
@@ -138,3 +148,28 @@ def test_resource_manager_web_address_from_yarn_site(tmp_path):
     assert hadoop_conf.resource_manager_web({"HADOOP_CONF_DIR": str(tmp_path)}) == "127.0.0.1:18088"
     assert hadoop_conf.resource_manager_web({}) is None
     assert yarn_watch.POLL_SECONDS * yarn_watch.MAX_FAILURES >= 30  # AM start-up fits in the failure budget
+
+
+def test_a_failed_runs_application_is_killed_by_its_tag():
+    rm = FakeResourceManager([jobs(4, 4, 0)])
+    try:
+        assert yarn_watch.kill_application(rm.address, TAG) == APP
+        assert rm.paths == [f"/ws/v1/cluster/apps?applicationTags={TAG}",
+                            f'PUT /ws/v1/cluster/apps/{APP}/state {{"state": "KILLED"}}']
+    finally:
+        rm.close()
+
+
+def test_nothing_is_killed_without_an_application_or_permission():
+    rm = FakeResourceManager([jobs(4, 4, 0)], apps=[{"apps": None}])
+    try:
+        assert yarn_watch.kill_application(rm.address, TAG) is None  # not submitted: nothing to kill
+        assert not [p for p in rm.paths if p.startswith("PUT")]
+    finally:
+        rm.close()
+    rm = FakeResourceManager([jobs(4, 4, 0)])
+    rm.allow_kill = False  # a secured web UI refuses anonymous kills: the job then ends by itself
+    try:
+        assert yarn_watch.kill_application(rm.address, TAG) is None
+    finally:
+        rm.close()

@@ -108,7 +108,9 @@ make_home() {
 # The cluster's mrjob configuration, as a cluster's admin would write it: what every
 # `-r hadoop` job needs and nothing job-specific. python_bin matters most: tasks run
 # on the NodeManagers' hosts, whose bare `python3` has neither numpy nor mrjob nor
-# hcollectives. JSON, which mrjob reads with or without PyYAML.
+# hcollectives. That python has mrjob (hcollectives needs it), so mrjob need not
+# ship and unpack its own zip for every job (bootstrap_mrjob: false: one upload
+# less per iteration). JSON, which mrjob reads with or without PyYAML.
 write_mrjob_conf() {
   local jar="$1" tmp="$MRJOB_CONF_FILE.tmp"
   cat > "$tmp" <<CONF
@@ -118,7 +120,8 @@ write_mrjob_conf() {
       "hadoop_bin": "$MC_HOME/home/bin/hadoop",
       "hadoop_streaming_jar": "$jar",
       "python_bin": "$PYTHON_BIN",
-      "hadoop_log_dirs": ["$MC_HOME/logs/nm-0", "$MC_HOME/logs/nm-1"]
+      "hadoop_log_dirs": ["$MC_HOME/logs/nm-0", "$MC_HOME/logs/nm-1"],
+      "bootstrap_mrjob": false
     }
   }
 }
