@@ -300,9 +300,10 @@ class ClusterRunWatcher(threading.Thread):
 
 
 def wait_for_split_cache_removal(session: str, timeout: float = 30.0) -> bool:
-    """Task-started daemons remove the cache when their session ends, just after the driver exits."""
+    """Task-started daemons remove the session's directory on their node (split cache,
+    their logs and lock) when the session ends, just after the driver exits."""
     deadline = time.monotonic() + timeout
-    while (NODE_TMP / session / "split-cache").exists():
+    while (NODE_TMP / session).exists():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.25)
@@ -389,7 +390,8 @@ def test_mds_on_yarn_with_the_default_hdfs_store(cluster_env, data, mds_on_yarn,
     # The tasks parsed their splits once per machine into a split cache, which the
     # daemons removed when the session ended.
     assert session in watcher.split_cache_seen, "the parsed-split cache was never used on the cluster"
-    assert wait_for_split_cache_removal(session), f"{NODE_TMP / session / 'split-cache'} outlived the run"
+    assert wait_for_split_cache_removal(session), f"{NODE_TMP / session} outlived the run: " \
+        f"{sorted(str(p) for p in (NODE_TMP / session).rglob('*'))}"
     new_dirs = set(watcher._dirs()) - watcher.before  # this run's, and any other that started meanwhile
     assert not [d for d in new_dirs if (NODE_TMP / d / "split-cache").exists()], new_dirs
 

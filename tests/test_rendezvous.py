@@ -260,6 +260,7 @@ def test_idle_daemon_exits_and_withdraws_its_address(tmp_path, reaper):
     assert proc.wait(timeout=20) == 0
     assert not (directory / "address").exists()
     assert not (directory / "pid").exists()
+    assert not tmp_path.exists() or not any(tmp_path.rglob("*")), list(tmp_path.rglob("*"))  # log, lock: gone
 
 
 def test_exiting_daemon_leaves_a_newer_daemons_files_alone(tmp_path, reaper):

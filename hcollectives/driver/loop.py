@@ -401,6 +401,8 @@ class IterativeDriver:
             env["HCOLLECTIVES_NODE_ADDRESS"] = o.node_service
         if not o.input_cache:
             env["HCOLLECTIVES_INPUT_CACHE"] = "0"
+        if os.environ.get("HCOLLECTIVES_KEEP_TMP"):  # the nodes keep their daemons' logs too
+            env["HCOLLECTIVES_KEEP_TMP"] = "1"
         if o.share_rundir:
             env["HCOLLECTIVES_RUNDIR"] = self.rundir
         env.update(o.extra_env)

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         _withdraw(args.rendezvous)
         if args.exit_when_idle and args.rendezvous is not None:
-            _remove_session_files(args.rendezvous.parent.parent)
+            _remove_session_files(args.rendezvous.parent.parent, args.rendezvous)
     return 0
 
 
@@ -100,16 +100,22 @@ def _withdraw(rendezvous: Path | None) -> None:
         pass
 
 
-def _remove_session_files(rundir: Path) -> None:
+def _remove_session_files(rundir: Path, own: Path) -> None:
     """A task-started daemon's session is over: remove what it left on this machine.
 
-    The parsed-split cache can be large, so it goes; the daemon's log (and
-    its lock file) stay for whoever debugs the run, and only directories left
-    empty are removed.
+    The parsed-split cache, then this daemon's own directory (its log and the
+    lock tasks took to start it; kept with HCOLLECTIVES_KEEP_TMP=1, for whoever
+    debugs the run), then whatever directories that leaves empty: on a
+    cluster node nothing of the session stays behind.
     """
+    import shutil
+
     from .split_cache import remove_split_cache
 
     remove_split_cache(rundir)
+    # A pid file still there is a newer daemon's (ours was withdrawn): its directory stays.
+    if not os.environ.get("HCOLLECTIVES_KEEP_TMP") and not (own / "pid").exists():
+        shutil.rmtree(own, ignore_errors=True)
     nodes = rundir / "nodes"
     for directory in [*(nodes.iterdir() if nodes.is_dir() else ()), nodes, rundir]:
         try:
