@@ -99,6 +99,16 @@ cmd_jars() {
       -DincludeScope=runtime -DoutputDirectory="$lib" 2>&1 | sed -u 's/\x1b\[[0-9;]*m//g'
   [ "${PIPESTATUS[0]}" = 0 ] || die "maven failed (see above)"
   ls "$lib"/hadoop-streaming-*.jar >/dev/null 2>&1 || die "no hadoop-streaming jar in $lib"
+  # HDFS's web applications come in hadoop-hdfs's test-jar (see docker/pom.xml): keep its
+  # webapps/ (a directory on the image's classpath), not its test classes.
+  local tests; tests="$(ls "$lib"/hadoop-hdfs-*-tests.jar)" || die "no hadoop-hdfs test-jar in $lib"
+  python3 - "$tests" "$BUILD/hadoop/hdfs" <<'PY' || die "cannot extract webapps/ from $tests"
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as jar:
+    jar.extractall(sys.argv[2], [n for n in jar.namelist() if n.startswith("webapps/")])
+PY
+  rm -f "$tests"
+  [ -d "$BUILD/hadoop/hdfs/webapps/datanode" ] || die "no webapps/datanode in $tests"
   touch "$stamp"
   say "$(ls "$lib" | wc -l) jars ($(du -sh "$lib" | cut -f1)) in $((SECONDS - t0))s"
 }
@@ -108,7 +118,8 @@ cmd_jars() {
 context_paths() {
   local p
   for p in pyproject.toml README.md hcollectives examples mappers \
-           docker/Dockerfile docker/image docker/build/hadoop/lib docker/build/ca-certificates.crt; do
+           docker/Dockerfile docker/image docker/build/hadoop/lib docker/build/hadoop/hdfs \
+           docker/build/ca-certificates.crt; do
     echo "$p"
   done
 }
