@@ -40,3 +40,20 @@ minicluster-status:
 
 minicluster-build:
 	minicluster/bin/minicluster.sh build force
+
+# --- Docker cluster (docker/compose.yaml; see docs/docker.md) ---
+.PHONY: docker-engine docker-engine-stop docker-images docker-clean
+
+# Debian's docker.io + docker-compose (installed if missing), dockerd without firewall changes.
+docker-engine:
+	docker/engine.sh start
+
+docker-engine-stop:
+	docker/engine.sh stop
+
+# The base image (debootstrap), Hadoop's jars (Maven) and the cluster's image; cached.
+docker-images: docker-engine
+	docker/build.sh all
+
+docker-clean:
+	docker/build.sh clean
