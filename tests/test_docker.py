@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -355,6 +356,20 @@ def _docker_binaries() -> tuple[str, str]:
     return docker, compose_bin
 
 
+# Run on the edge node: live DataNodes and safe mode from the NameNode's JMX servlet, RUNNING
+# NodeManagers from the ResourceManager's REST API (addresses from docker/image/conf).
+CLUSTER_STATE = """
+import json, urllib.request
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return json.load(reply)
+nn = get("http://namenode:9870/jmx?qry=Hadoop:service=NameNode,name=NameNodeInfo")["beans"][0]
+nodes = (get("http://resourcemanager:8088/ws/v1/cluster/nodes")["nodes"] or {}).get("node", [])
+print(json.dumps({"datanodes": len(json.loads(nn["LiveNodes"])), "safemode": nn["Safemode"],
+                  "nodemanagers": sorted(n["nodeHostName"] for n in nodes if n["state"] == "RUNNING")}))
+"""
+
+
 class Cluster:
     """One docker-compose project of docker/compose.yaml, started by this test."""
 
@@ -387,6 +402,14 @@ class Cluster:
     def stopped_services(self) -> set[str]:
         running = set(self.compose("ps", "--services", "--filter", "status=running", timeout=60).stdout.split())
         return set(load_compose()["services"]) - running
+
+    def state(self, ready: Callable[[dict[str, Any]], bool]) -> tuple[bool, str]:
+        """Ask the NameNode and the ResourceManager over HTTP, from the edge node, how far they
+        are (a Python one-liner: a Hadoop CLI call costs a JVM start, seconds on a busy host)."""
+        done = self.compose("exec", "-T", "edge", "python", "-c", CLUSTER_STATE, timeout=60, check=False)
+        if done.returncode != 0:
+            return False, done.stdout + done.stderr
+        return ready(json.loads(done.stdout)), done.stdout
 
     def logs(self, *services: str, tail: int = 60) -> str:
         return self.compose("logs", "--no-color", f"--tail={tail}", *services, timeout=60, check=False).stdout
@@ -441,14 +464,10 @@ def cluster():
         t0 = time.monotonic()
         c.compose("up", "-d", timeout=300)
         # HDFS: the DataNode registered and safe mode is off (so files can be written).
-        c.wait_for("HDFS", lambda: _answer(c.edge(
-            "hdfs dfsadmin -safemode get; hdfs dfsadmin -report -live", timeout=120, check=False),
-            lambda out: "Safe mode is OFF" in out and "Live datanodes (1)" in out), timeout=300)
+        c.wait_for("HDFS", lambda: c.state(lambda s: s["datanodes"] >= 1 and not s["safemode"]), timeout=300)
         # YARN: both NodeManagers registered with the ResourceManager.
         nms = sorted(nodemanagers(load_compose()))
-        c.wait_for("YARN", lambda: _answer(c.edge("yarn node -list", timeout=120, check=False),
-                                           lambda out: all(re.search(rf"{nm}:\d+\s+RUNNING", out) for nm in nms)),
-                   timeout=300)
+        c.wait_for("YARN", lambda: c.state(lambda s: s["nodemanagers"] == nms), timeout=300)
         c.times["cluster start"] = time.monotonic() - t0
         yield c
     finally:
@@ -458,11 +477,6 @@ def cluster():
             shutil.rmtree(workdir, ignore_errors=True)
         left = c.leftovers()
         assert not left, f"docker-compose down -v left {left} behind"
-
-
-def _answer(done: subprocess.CompletedProcess, ready: Callable[[str], bool]) -> tuple[bool, str]:
-    out = done.stdout + done.stderr
-    return done.returncode == 0 and ready(out), out
 
 
 @pytest.mark.docker
