@@ -61,6 +61,19 @@ cmd_install() {
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; } || rc=$?
   if [ -n "$restore" ]; then mv "$restore" "$policy"; else rm -f "$policy"; fi
   [ "$rc" = 0 ] || die "apt-get failed ($rc)"
+  # The packages also enable docker.service, docker.socket and containerd.service (and
+  # docker's SysV links) for the next boot; policy-rc.d stops only the start now. Undo it,
+  # so a reboot does not bring up a dockerd that configures iptables.
+  if [[ " ${missing[*]} " == *" docker.io "* ]]; then
+    disable_boot_services
+  fi
+}
+
+disable_boot_services() {
+  command -v systemctl >/dev/null || return 0
+  # --root=/: offline mode, which works whether or not systemd runs (it does not here).
+  systemctl --root=/ disable docker.service docker.socket containerd.service >/dev/null 2>&1 \
+    || say "could not disable the docker/containerd boot services; check with systemctl"
 }
 
 cmd_start() {
