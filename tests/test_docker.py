@@ -128,12 +128,11 @@ def docs_walkthrough(text: str = "") -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def docs_job_command() -> list[str]:
-    """The walkthrough's `examples/kmeans.py -r hadoop` command, as argv."""
-    for line in docs_walkthrough():
-        if "examples/kmeans.py" in line and "-r hadoop" in line:
-            return shlex.split(line)
-    raise AssertionError("the docs' walkthrough has no `examples/kmeans.py -r hadoop` command")
+def docs_job_commands() -> list[list[str]]:
+    """The walkthrough's `examples/kmeans.py -r hadoop` commands, as argv: bare, then with node services."""
+    found = [shlex.split(line) for line in docs_walkthrough() if "examples/kmeans.py" in line and "-r hadoop" in line]
+    assert len(found) == 2, "the docs' walkthrough runs examples/kmeans.py twice: bare, then with node services"
+    return found
 
 
 def option(argv: list[str], name: str) -> str:
@@ -231,30 +230,35 @@ def test_secret_is_mounted_where_daemons_tasks_and_driver_read_it(compose):
     # Tasks (on the NodeManagers) and the driver (on the edge node) read it at the same path.
     for name in [*nodemanagers(compose), "edge"]:
         paths.add(secret_mounts(compose["services"][name]).get(secret_name, f"<{name}: not mounted>"))
-    paths.add(option(docs_job_command(), "--secret-file"))
+    paths.add(option(docs_job_commands()[1], "--secret-file"))
     assert len(paths) == 1, f"the secret must be at one path on every node and in the docs: {sorted(paths)}"
 
 
-def test_documented_job_command_is_accepted_by_the_job_and_fits_the_cluster(compose):
-    argv = docs_job_command()
+def _parse_job(argv: list[str]):
     script = argv.index(next(a for a in argv if a.endswith("examples/kmeans.py")))
-    assert argv[:script] == ["python"], "the driver runs with the image's `python` (its virtualenv's)"
+    assert argv[:script] == ["python3"], "the driver runs with the edge node's `python3` (the image's virtualenv)"
     assert argv[script] == "/src/examples/kmeans.py" and "COPY examples /src/examples/" in DOCKERFILE.read_text()
     try:
-        job = load_kmeans_job()(args=argv[script + 1:])
+        return load_kmeans_job()(args=argv[script + 1:]).options
     except (SystemExit, ValueError):  # mrjob's parser raises ValueError where argparse exits
         pytest.fail(f"examples/kmeans.py rejects the command in docs/docker.md: {shlex.join(argv)}")
-    o = job.options
+
+
+def test_documented_job_commands_are_accepted_by_the_job_and_fit_the_cluster(compose):
+    bare, with_services = docs_job_commands()
+    o = _parse_job(bare)
     assert o.runner == "hadoop"
-    # mrjob's own settings come from the image's mrjob.conf, as on any configured cluster.
-    for flag in ("--hadoop-bin", "--hadoop-streaming-jar", "--python-bin"):
-        assert flag not in argv, f"{flag} belongs in docker/image/mrjob.conf, not on the command line"
+    # A bare -r hadoop: mrjob's settings come from the image's mrjob.conf, as on any configured
+    # cluster, and hcollectives finds the coordinator's address and the daemons itself.
+    for flag in ("--hadoop-bin", "--hadoop-streaming-jar", "--python-bin", "--coordinator-host", "--node-service",
+                 "--secret-file"):
+        assert flag not in bare, f"{flag} on the bare command line: a user's cluster would not need it"
+    assert o.max_iterations == 3 and o.result, "the walkthrough is what the test runs: 3 iterations, a --result"
+    o = _parse_job(with_services)
     port = {parse_daemon(s).port for s in daemons(compose).values()}.pop()
     assert o.node_service == f"127.0.0.1:{port}", "tasks reach their node's daemon on loopback at its --port"
-    assert o.coordinator_host in compose["services"] and o.coordinator_host != "127.0.0.1", \
-        f"--coordinator-host {o.coordinator_host}: the daemons must reach the driver by a service name"
-    assert secret_mounts(compose["services"][o.coordinator_host]), "the driver's host must mount the secret"
-    assert o.max_iterations == 3 and o.result, "the walkthrough is what the test runs: 3 iterations, a --result"
+    assert secret_mounts(compose["services"]["edge"]), "the driver's host must mount the secret"
+    assert o.secret_file == "/run/secrets/hcollectives_secret"
 
 
 def test_no_host_port_is_published(compose):
@@ -500,20 +504,21 @@ def test_cluster_runs_the_documented_kmeans(cluster, capsys):
     assert run.returncode == 0, (f"the docs' walkthrough failed on the edge node:\n{output[-6000:]}\n"
                                  f"{cluster.logs('hcnode1', 'hcnode2', 'nodemanager1', 'nodemanager2')}")
     iterations = re.findall(r"^iteration\s+(\d+)\s+([\d.]+) s", output, flags=re.M)
-    cluster.times.update({f"iteration {i}": float(s) for i, s in iterations})
+    cluster.times.update({f"iteration {i} ({n})": float(s) for n, (i, s) in enumerate(iterations, 1)})
 
-    # The data and the result, back from the edge node: the reference uses the very points.
-    job = docs_job_command()
+    # The data and the results, back from the edge node: the reference uses the very points.
     local = cluster.workdir / "edge"
     subprocess.run([cluster.docker, "cp", f"{cluster.container('edge')}:{EDGE_WORKDIR}", str(local)],
                    check=True, timeout=120, capture_output=True)
-    initial = np.load(local / option(job, "--initial"))
-    result = np.load(local / option(job, "--result"))
     points = np.vstack([np.loadtxt(p, ndmin=2) for p in sorted((local / "data").glob("points-*.txt"))])
-    iterations_run = len(iterations)
-    assert iterations_run == int(option(job, "--max-iterations")) or "converged" in output
-    expected = kmeans_reference(points, initial, iterations_run)
-    np.testing.assert_allclose(result, expected, rtol=1e-9, atol=1e-12)
+    for job in docs_job_commands():  # bare, then with the node services
+        initial = np.load(local / option(job, "--initial"))
+        result = np.load(local / option(job, "--result"))
+        expected = kmeans_reference(points, initial, int(option(job, "--max-iterations")))
+        np.testing.assert_allclose(result, expected, rtol=1e-9, atol=1e-12)
+    # The awk mapper (streaming, bare -r hadoop): column sums and the count.
+    with np.load(local / "sums.npz") as sums:
+        np.testing.assert_allclose(sums["0"], [*points[:, :2].sum(0), len(points)], rtol=1e-12)
 
     # Both NodeManagers' node daemon services took part, reached over the network from the
     # edge node's coordinator (the session ends with the driver's connection).

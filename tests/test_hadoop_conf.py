@@ -47,3 +47,42 @@ def test_broken_core_site_is_named(tmp_path):
     (tmp_path / "core-site.xml").write_text("<configuration><property>")
     with pytest.raises(ConfigurationError, match="core-site.xml"):
         default_fs({"HADOOP_CONF_DIR": str(tmp_path)})
+
+
+def _yarn_site(tmp_path, **props) -> dict:
+    conf = tmp_path / "conf"
+    conf.mkdir(exist_ok=True)
+    body = "".join(f"<property><name>{k}</name><value>{v}</value></property>" for k, v in props.items())
+    (conf / "yarn-site.xml").write_text(f"<configuration>{body}</configuration>")
+    return {"HADOOP_CONF_DIR": str(conf)}
+
+
+def test_the_coordinator_is_advertised_on_the_address_towards_the_resource_manager(tmp_path):
+    from hcollectives.hadoop.hadoop_conf import address_seen_by_cluster
+
+    env = _yarn_site(tmp_path, **{"yarn.resourcemanager.address": "127.0.0.1:18032"})
+    assert address_seen_by_cluster(env) == "127.0.0.1"  # a one-host cluster on loopback
+    env = _yarn_site(tmp_path, **{"yarn.resourcemanager.hostname": "localhost"})
+    assert address_seen_by_cluster(env) in ("127.0.0.1", "::1")
+    env = _yarn_site(tmp_path, **{"yarn.resourcemanager.address": "no-such-host.invalid:8032"})
+    assert address_seen_by_cluster(env) is None
+    assert address_seen_by_cluster({}) is None
+
+
+def test_coordinator_host_defaults(tmp_path, monkeypatch):
+    """127.0.0.1 off a cluster; on -r hadoop the address the cluster reaches this machine by."""
+    from types import SimpleNamespace
+
+    from hcollectives.driver.options import loop_options_from_args
+
+    options = SimpleNamespace(resume=False, checkpoint_uri="file:///tmp/x", speculative=True, max_iterations=2,
+                              local_nodes=1, fanout=2, fallback_timeout=1.0, iteration_timeout=10.0,
+                              coordinator_host=None, node_service=None, secret_file=None)
+    collective = SimpleNamespace(name="allreduce", op="sum", allow_nonfinite=False)
+    assert loop_options_from_args(options, collective, runner="local").coordinator_host == "127.0.0.1"
+    for key, value in _yarn_site(tmp_path, **{"yarn.resourcemanager.address": "127.0.0.1:18032"}).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("hcollectives.hadoop.hadoop_conf.address_seen_by_cluster", lambda env=None: "10.1.2.3")
+    assert loop_options_from_args(options, collective, runner="hadoop").coordinator_host == "10.1.2.3"
+    options.coordinator_host = "edge.example"
+    assert loop_options_from_args(options, collective, runner="hadoop").coordinator_host == "edge.example"

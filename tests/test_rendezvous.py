@@ -318,3 +318,11 @@ def test_task_started_daemon_serves_a_session_then_exits(tmp_path, reaper, secre
     assert _wait_gone(pid, 15), "the daemon must exit once its session's coordinator is gone"
     assert time.monotonic() - t0 < 15  # its idle timeout is 120 s: it did not wait for that
     assert not (directory / "address").exists()
+
+
+def test_on_yarn_a_daemon_listens_for_other_hosts_and_names_its_node_manager(tmp_path):
+    """Peers on other hosts dial it: every interface, advertised as NM_HOST."""
+    command = rendezvous.daemon_command("nm1:45454", tmp_path, {"NM_HOST": "nodemanager1", "NM_PORT": "45454"})
+    assert command[command.index("--bind-host") + 1] == "0.0.0.0"
+    assert command[command.index("--advertise-host") + 1] == "nodemanager1"
+    assert "--bind-host" not in rendezvous.daemon_command("local-1", tmp_path, {})  # loopback off YARN

@@ -36,8 +36,9 @@ def add_loop_arguments(group: Any) -> None:
                        help="seconds to wait for a piece over TCP before reading it from the store")
     group.add_argument("--iteration-timeout", type=float, default=3600.0,
                        help="fail the run if one iteration takes longer than this many seconds")
-    group.add_argument("--coordinator-host", default="127.0.0.1",
-                       help="address tasks' daemons use to reach the driver")
+    group.add_argument("--coordinator-host", default=None,
+                       help="address tasks' daemons use to reach the driver (default: on -r hadoop, this "
+                            "machine's address towards the ResourceManager; else 127.0.0.1)")
     group.add_argument("--no-input-cache", dest="input_cache", action="store_false",
                        help="parse every split in every iteration (jobs with parse_input), "
                             "instead of reusing each machine's parsed copy")
@@ -54,7 +55,7 @@ def loop_options_from_args(o: Any, collective: CollectiveSpec, *, runner: str,
                            hadoop_tmp_dir: str | None = None, **extra: Any) -> "LoopOptions":
     """LoopOptions for a run on mrjob's *runner* (local/inline runs share the driver's temp dir)."""
     from .loop import LoopOptions
-    from ..hadoop.hadoop_conf import temporary_store_base
+    from ..hadoop.hadoop_conf import address_seen_by_cluster, temporary_store_base
 
     if o.resume and not o.checkpoint_uri:
         raise ConfigurationError("--resume needs --checkpoint-uri (the default store is deleted after each run)")
@@ -67,10 +68,15 @@ def loop_options_from_args(o: Any, collective: CollectiveSpec, *, runner: str,
         # would run them, trample each other.
         extra["speculative"] = False
     extra.setdefault("speculative", o.speculative)
+    coordinator_host = o.coordinator_host
+    if coordinator_host is None:
+        # Tasks on other hosts must reach the driver: on a cluster, by the address
+        # this machine uses towards the ResourceManager (127.0.0.1 on a one-host cluster).
+        coordinator_host = (address_seen_by_cluster() if runner == "hadoop" else None) or "127.0.0.1"
     return LoopOptions(collective=collective.name, op=collective.op, max_iterations=o.max_iterations, local_nodes=o.local_nodes, fanout=o.fanout,
                        checkpoint_uri=o.checkpoint_uri, resume=o.resume, fallback_timeout=o.fallback_timeout,
                        iteration_timeout=o.iteration_timeout,
-                       allow_nonfinite=collective.allow_nonfinite, coordinator_host=o.coordinator_host,
+                       allow_nonfinite=collective.allow_nonfinite, coordinator_host=coordinator_host,
                        node_service=o.node_service, secret_file=o.secret_file,
                        input_cache=getattr(o, "input_cache", True), **extra)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
@@ -67,3 +68,40 @@ def temporary_store_base(env: Mapping[str, str] = os.environ, tmp_dir: str | Non
     if tmp_dir and tmp_dir.startswith("/"):
         return f"{fs}{tmp_dir.rstrip('/')}/hcollectives"
     return f"{fs}/user/{user}/{(tmp_dir or 'tmp').strip('/')}/hcollectives"
+
+
+def _cluster_endpoints(env: Mapping[str, str]) -> list[tuple[str, int]]:
+    """(host, port) of the ResourceManager and the NameNode, as the client configuration names them."""
+    found = []
+    rm = conf_value("yarn-site.xml", ("yarn.resourcemanager.address",), env)
+    if not rm:
+        host = conf_value("yarn-site.xml", ("yarn.resourcemanager.hostname",), env)
+        rm = f"{host}:8032" if host else None
+    fs = default_fs(env)
+    if fs and "://" in fs:
+        fs = fs.split("://", 1)[1].split("/", 1)[0]
+        fs = fs if ":" in fs else f"{fs}:8020"
+    for endpoint in (rm, fs):
+        host, _, port = (endpoint or "").rpartition(":")
+        if host and port.isdigit() and "${" not in host:
+            found.append((host, int(port)))
+    return found
+
+
+def address_seen_by_cluster(env: Mapping[str, str] = os.environ) -> str | None:
+    """This machine's address on the network that leads to the cluster (None if unknown).
+
+    The driver's coordinator must be reachable from every NodeManager: the
+    address tasks dial is the one this host uses to reach the ResourceManager
+    (or the NameNode). A connected UDP socket tells it without sending
+    anything; on a single-host cluster on loopback it is 127.0.0.1.
+    """
+    for host, port in _cluster_endpoints(env):
+        try:
+            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect(sockaddr)
+                return probe.getsockname()[0]
+        except OSError:
+            continue
+    return None

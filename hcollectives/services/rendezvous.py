@@ -69,9 +69,15 @@ def _alive(pid_file: Path) -> bool:
     return True
 
 
-def daemon_command(node: str, rendezvous_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "hcollectives.services.node_main", "--node-id", node,
-            "--rendezvous", str(rendezvous_dir), "--exit-when-idle"]
+def daemon_command(node: str, rendezvous_dir: Path, env: Mapping[str, str] = os.environ) -> list[str]:
+    command = [sys.executable, "-m", "hcollectives.services.node_main", "--node-id", node,
+               "--rendezvous", str(rendezvous_dir), "--exit-when-idle"]
+    if env.get("NM_HOST"):
+        # On YARN the other nodes' daemons dial this one from their hosts: listen on
+        # every interface (every connection still proves the session secret) and
+        # advertise the NodeManager's host name, which the cluster already resolves.
+        command += ["--bind-host", "0.0.0.0", "--advertise-host", env["NM_HOST"]]
+    return command
 
 
 def find_or_start_daemon(*, rundir: str, node: str, secret: bytes, timeout: float = START_TIMEOUT,
