@@ -46,9 +46,7 @@ import numpy as np
 from .block import Block
 from .reduction import OPS, check_op
 
-# Below this many value bytes the tree wins: its 2*depth hops beat the ring's
-# 2(n-1) steps, and there is too little data for bandwidth to matter.
-RING_MIN_BYTES = 256 * 1024
+from .plan import RING_MIN_BYTES  # noqa: F401 -- the threshold lives with the other choices
 
 
 def ring_layout(block: Block) -> str:

@@ -136,7 +136,7 @@ class NodeDaemon:
             if session is None:
                 log.warning("node %s: %s for unknown session from %s", self.node, event.TYPE, channel.label)
                 continue
-            session.on_peer_message(event)
+            await session.on_peer_event(event)
 
     # -- sessions -----------------------------------------------------------------------------
 

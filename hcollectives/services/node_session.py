@@ -29,7 +29,9 @@ import numpy as np
 import trio
 
 from .. import store as st
+from ..algorithms import plan
 from ..algorithms.block import Block
+from ..algorithms.doubling_allreduce import DoublingAllReduce
 from ..algorithms.gather import GatherAssembly
 from ..algorithms.reduction import reduce_blocks
 from ..algorithms.ring_allreduce import RingAllReduce, ring_layout
@@ -38,7 +40,7 @@ from ..algorithms.tree_allreduce import TreeAllReduce
 from ..errors import CollectiveTimeout, ConnectionLost, HCollectivesError, ProtocolError
 from ..protocol import messages as m
 from ..transport.trio_channel import Channel, connect
-from .exchange import gather, ring, store_fallback, tree
+from .exchange import doubling, gather, ring, store_fallback, tree
 from .exchange.gather import piece_id
 from .faults import Faults
 
@@ -51,6 +53,7 @@ class _Iteration:
     seal: m.Seal | None = None
     tree: TreeAllReduce | None = None
     ring: RingAllReduce | None = None
+    doubling: DoublingAllReduce | None = None
     early: list[m.Message] = field(default_factory=list)  # partials/results/ring chunks before our seal
     gather: GatherAssembly = field(default_factory=GatherAssembly)
     pushed: dict[str, set[str]] = field(default_factory=dict)  # piece id -> nodes it was sent to
@@ -336,6 +339,23 @@ class NodeSession:
         except HCollectivesError as exc:
             log.warning("node %s: could not send %s to %s: %s", self.node, event.TYPE, node, exc)
 
+    async def on_peer_event(self, event: m.Message) -> None:
+        """A peer's message, read by that peer's reader task. A recursive-doubling
+        step is fed (and the sends it causes are made) right here: spawning a
+        task for it would add a scheduler pass to every step of the latency path."""
+        if isinstance(event, m.DoublingStep):
+            state = self.it(event.iteration)
+            if state.doubling is None:
+                state.early.append(event)
+            else:
+                try:
+                    await doubling.feed(self, event.iteration, [event])
+                except ProtocolError as exc:
+                    await self.report_error(str(exc))
+            self.notify()
+        else:
+            self.on_peer_message(event)
+
     def on_peer_message(self, event: m.Message) -> None:
         if isinstance(event, m.Piece):
             state = self.it(event.iteration)
@@ -385,8 +405,11 @@ class NodeSession:
     async def _allreduce(self, seal: m.Seal) -> None:
         state = self.it(seal.iteration)
         local = reduce_blocks([state.contributions[t][1] for t in sorted(state.contributions)], self.info.op)
-        if seal.layout:
+        strategy = plan.allreduce_strategy(seal.layout)
+        if strategy == "ring":
             await ring.run(self, seal, local)
+        elif strategy == "doubling":
+            await doubling.run(self, seal, local)
         else:
             await tree.run(self, seal, local)
 
