@@ -23,6 +23,7 @@ import trio
 
 from ..errors import ConnectionLost, HCollectivesError, ProtocolError
 from ..protocol import messages as m
+from ..transport.buffer_pool import BufferPool
 from ..transport.trio_channel import Channel, listener_address, open_listeners, open_unix_listener, serve
 from .faults import Faults
 from .node_session import NodeSession, Timeouts
@@ -50,6 +51,7 @@ class NodeDaemon:
         # else the system's temp dir.
         self._unix_dir = unix_dir
         self.address: str | None = None
+        self.pool = BufferPool()  # receive buffers, reused across sessions and iterations
         self.sessions: dict[str, NodeSession] = {}
         self.rejected_connections: list[str] = []
         self._join_lock = trio.Lock()
@@ -89,7 +91,8 @@ class NodeDaemon:
             self._nursery = nursery
             nursery.start_soon(lambda: serve(listeners, self._handle, role="node", name=self.node,
                                              secret=self._secret, handshake_timeout=self.timeouts.connect,
-                                             on_reject=self.rejected_connections.append))
+                                             on_reject=self.rejected_connections.append,
+                                             allocate=self.pool.take))
             task_status.started(self.address)
             await self._lifetime()
             nursery.cancel_scope.cancel()
@@ -176,6 +179,7 @@ class NodeDaemon:
                     session = NodeSession(node=self.node, address=self.address, session=session_id,
                                           coordinator=coordinator, secret=self._secret,
                                           timeouts=self.timeouts, faults=self.faults)
+                    session.pool = self.pool
                     await self._nursery.start(self._run_session, session)
         finally:
             self._notify()  # _lifetime waits for the lock to be free

@@ -39,6 +39,7 @@ from ..algorithms.topology import ranks_of
 from ..algorithms.tree_allreduce import TreeAllReduce
 from ..errors import CollectiveTimeout, ConnectionLost, HCollectivesError, ProtocolError
 from ..protocol import messages as m
+from ..transport.buffer_pool import BufferPool
 from ..transport.trio_channel import Channel, connect
 from .exchange import doubling, gather, ring, store_fallback, tree
 from .exchange.gather import piece_id
@@ -89,6 +90,7 @@ class NodeSession:
         self._peers: dict[str, Channel] = {}
         self._peer_locks: dict[str, trio.Lock] = {}
         self._changed = trio.Event()
+        self.pool: BufferPool | None = None  # the daemon's receive buffers (ring chunks go back to it)
 
     # -- plumbing -------------------------------------------------------------------------
 

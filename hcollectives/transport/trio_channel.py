@@ -17,6 +17,7 @@ import trio
 
 from ..errors import CollectiveTimeout, ConnectionLost, ProtocolError
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
+from ..protocol.frames import Allocator
 from ..protocol.messages import Message
 from .common import RECV_CHUNK, format_address, parse_address, split_address
 
@@ -230,7 +231,7 @@ Handler = Callable[[Channel], Awaitable[None]]
 
 async def serve(listeners: list[trio.SocketListener], handler: Handler, *, role: str, name: str,
                 secret: bytes, handshake_timeout: float,
-                on_reject: Callable[[str], None] | None = None) -> None:
+                on_reject: Callable[[str], None] | None = None, allocate: Allocator | None = None) -> None:
     """Accept connections forever; authenticate each, then run *handler* on it.
 
     A peer that fails the handshake (wrong secret, garbage, silence) is dropped
@@ -244,7 +245,8 @@ async def serve(listeners: list[trio.SocketListener], handler: Handler, *, role:
             label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix socket"
         except OSError:
             label = "peer"
-        channel = Channel(stream, Connection(role=role, name=name, secret=secret, client=False), label=label)
+        channel = Channel(stream, Connection(role=role, name=name, secret=secret, client=False, allocate=allocate),
+                          label=label)
         try:
             try:
                 await channel.handshake(handshake_timeout)
