@@ -65,3 +65,17 @@ def _is_socket(path: str) -> bool:
 def _disabled() -> bool:
     # For measurements (TCP against TCP) and for tests of the TCP path.
     return os.environ.get("HCOLLECTIVES_SAME_HOST") == "tcp"
+
+
+# What loopback TCP autotunes to on Linux (tcp_wmem's maximum); the kernel caps
+# it at net.core.wmem_max without complaint.
+UNIX_BUFFER_BYTES = 4 << 20
+
+
+def unix_buffers(sock) -> None:
+    """Give a Unix stream socket TCP-sized buffers (works on trio and plain sockets)."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, UNIX_BUFFER_BYTES)
+        except OSError:
+            pass

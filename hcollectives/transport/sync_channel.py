@@ -14,7 +14,7 @@ import time
 from ..errors import CollectiveTimeout, ConnectionLost, ProtocolError
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
 from ..protocol.messages import Message
-from .common import RECV_CHUNK, parse_address, split_address
+from .common import RECV_CHUNK, parse_address, split_address, unix_buffers
 
 
 class SyncChannel:
@@ -133,6 +133,7 @@ def _dial_unix(path: str, timeout: float) -> socket.socket | None:
     try:
         sock.settimeout(timeout)
         sock.connect(path)
+        unix_buffers(sock)
         return sock
     except OSError:
         sock.close()
