@@ -11,8 +11,8 @@ daemon. It joins the coordinator, then:
 - when the coordinator seals an iteration, reduces this node's contributions
   and runs the AllReduce with the other daemons: a ring (reduce-scatter +
   allgather) when every block is big and of one layout (`Seal.layout`), else
-  the latency-optimal tree (or, for AllGather, pushes pieces to every member
-  as soon as tasks finish and assembles them);
+  recursive doubling (`algorithms/plan.py` chooses; or, for AllGather, pushes
+  pieces to every member as soon as tasks finish and assembles them);
 - reads from the store whatever did not arrive over TCP within the session's
   fallback deadline.
 
