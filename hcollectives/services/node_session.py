@@ -352,8 +352,8 @@ class NodeSession:
             else:
                 try:
                     await doubling.feed(self, event.iteration, [event])
-                except ProtocolError as exc:
-                    await self.report_error(str(exc))
+                except (HCollectivesError, ValueError) as exc:  # a bad step or blocks that do not combine
+                    await self.report_error(f"iteration {event.iteration}: {type(exc).__name__}: {exc}")
             self.notify()
         else:
             self.on_peer_message(event)
