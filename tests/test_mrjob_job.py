@@ -78,6 +78,7 @@ def test_lost_broadcast_is_read_from_the_store(kmeans_data, monkeypatch, no_orph
     # The root (local-0) never delivers iteration 2's result to local-1; local-1
     # must fall back to the result the root wrote to the store.
     monkeypatch.setenv("HCOLLECTIVES_FAULTS", "drop:result:local-1:2")
+    monkeypatch.setenv("HCOLLECTIVES_ALLREDUCE_SMALL", "tree")  # the tree's Result is what is lost
     out = kmeans_job(kmeans_data, "--max-iterations", "3", "--tolerance", "0", "--local-nodes", "2",
                      "--fallback-timeout", "1").iterate()
     expected = kmeans_reference(points(kmeans_data), np.load(kmeans_data.initial), 3)

@@ -587,7 +587,8 @@ async def _lost_broadcast(uri: str, n_nodes: int, victim: str) -> None:
 
 
 @pytest.mark.parametrize("n_nodes,victim", [(2, "n1"), (4, "n1")])
-def test_lost_result_broadcast_is_read_from_store(tmp_path, caplog, n_nodes, victim):
+def test_lost_result_broadcast_is_read_from_store(tmp_path, caplog, monkeypatch, n_nodes, victim):
+    monkeypatch.setenv("HCOLLECTIVES_ALLREDUCE_SMALL", "tree")  # the tree's own fallback
     with caplog.at_level(logging.WARNING, logger="hcollectives"):
         run(_lost_broadcast, f"file://{tmp_path}/ckpt", n_nodes, victim)
     messages = [r.getMessage() for r in caplog.records]
@@ -656,7 +657,8 @@ async def _arrives_during_store_read(uri: str, lost: str) -> None:
 
 
 @pytest.mark.parametrize("lost", ["result", "partial"])
-def test_copy_arriving_during_store_fallback_read_is_not_a_second_one(tmp_path, caplog, lost):
+def test_copy_arriving_during_store_fallback_read_is_not_a_second_one(tmp_path, caplog, monkeypatch, lost):
+    monkeypatch.setenv("HCOLLECTIVES_ALLREDUCE_SMALL", "tree")
     with caplog.at_level(logging.WARNING, logger="hcollectives"):
         run(_arrives_during_store_read, f"file://{tmp_path}/ckpt", lost)
     messages = [r.getMessage() for r in caplog.records]
@@ -680,8 +682,47 @@ async def _lost_broadcast_without_store() -> None:
         assert isinstance(waiting.error, SessionAborted), repr(waiting.error)
 
 
-def test_lost_broadcast_without_store_aborts_cleanly():
+def test_lost_broadcast_without_store_aborts_cleanly(monkeypatch):
+    monkeypatch.setenv("HCOLLECTIVES_ALLREDUCE_SMALL", "tree")
     run(_lost_broadcast_without_store)
+
+
+# -- recursive doubling (the default small-block AllReduce) -------------------------------------
+
+
+async def _doubling(n_nodes: int, uri: str, faults: dict) -> None:
+    from hcollectives.algorithms.doubling_allreduce import reference_result
+
+    rng = np.random.default_rng(7)
+    # Magnitudes from 1e-8 to 1e8: any other grouping of the sum changes the last bits.
+    blocks = [Block.from_dict({k: rng.standard_normal(3) * 10.0 ** rng.integers(-8, 8) for k in range(4)})
+              for _ in range(n_nodes)]
+    async with cluster(n_nodes, checkpoint_uri=uri, fallback_timeout=0.5, faults=faults) as c:
+        c.coordinator.set_num_tasks(1, n_nodes)
+        threads = [c.spawn(full_task, c.env(t, f"task_{t}"), lambda data, t=t: blocks[t]) for t in range(n_nodes)]
+        result = await c.coordinator.wait_result(1)
+        await join_all(threads)
+        expected = reference_result(blocks, "sum")
+        for node in range(n_nodes):
+            await wait_until(lambda: c.node_result(node, 1) is not None, what=f"n{node}'s result")
+            got = c.node_result(node, 1)
+            assert got.keys == expected.keys and got.values.tobytes() == expected.values.tobytes()
+        assert result.values.tobytes() == expected.values.tobytes()
+        assert c.coordinator.failure is None
+
+
+@pytest.mark.parametrize("n_nodes", [2, 3, 4, 5])
+def test_doubling_allreduce_is_bit_identical_everywhere_and_equals_the_reference(tmp_path, n_nodes):
+    run(_doubling, n_nodes, "", {})
+
+
+@pytest.mark.parametrize("n_nodes,faults", [(4, {0: "drop:doubling_step:n1:1"}), (3, {0: "drop:doubling_step:n2:1"})])
+def test_lost_doubling_step_is_rebuilt_from_the_store_with_the_same_bits(tmp_path, caplog, n_nodes, faults):
+    with caplog.at_level(logging.WARNING, logger="hcollectives"):
+        run(_doubling, n_nodes, f"file://{tmp_path}/ckpt", faults)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("fault injection dropped doubling_step" in msg for msg in messages)
+    assert any("recursive doubling incomplete" in msg for msg in messages)
 
 
 async def _lost_piece(uri: str) -> None:

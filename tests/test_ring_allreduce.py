@@ -220,3 +220,20 @@ def test_ring_layout_digest() -> None:
     assert ring_layout(Block.from_dict({1: np.ones(n), "x": np.ones(3)})) != ring_layout(a)
     assert ring_layout(Block.from_dict({"0": np.ones(n), "x": np.ones(3)})) != ring_layout(a)
     assert ring_layout(Block.from_dict({0: np.ones(n - 1), "x": np.ones(4)})) != ring_layout(a)
+
+
+def test_consumed_chunks_are_reported_once_folded_in() -> None:
+    n = 3
+    blocks = [Block.from_dict({0: np.full(9, float(r + 1))}) for r in range(n)]
+    machines = [RingAllReduce(r, n, "sum", blocks[r]) for r in range(n)]
+    queue = [(s.dest, s.step, s.data.copy()) for r, m_ in enumerate(machines) for s in m_.start()]
+    received = []
+    while queue:
+        dest, step, data = queue.pop(0)
+        received.append(data)
+        queue += [(s.dest, s.step, s.data.copy()) for s in machines[dest].receive(step, data)]
+    consumed = [d for m_ in machines for d in m_.consumed]
+    # every received buffer, each exactly once, and none still needed for the result
+    assert sorted(map(id, consumed)) == sorted(map(id, received))
+    for m_ in machines:
+        assert all(not np.shares_memory(d, m_.result.values) for d in m_.consumed)

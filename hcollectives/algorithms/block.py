@@ -66,13 +66,22 @@ class Block:
             raise ValueError(f"{len(self.keys)} keys need {len(self.keys) + 1} offsets, got {len(offsets)}")
         if offsets[0] != 0 or offsets[-1] != len(values):
             raise ValueError("offsets must start at 0 and end at len(values)")
-        if len(offsets) > 1 and np.any(np.diff(offsets) < 0):
+        if len(offsets) > 2 and (offsets[1:] < offsets[:-1]).any():
             raise ValueError("offsets must not decrease")
-        order = [key_order(key) for key in self.keys]
+        elif len(offsets) == 2 and offsets[1] < offsets[0]:
+            raise ValueError("offsets must not decrease")
+        keys = self.keys
         # Canonical order is what lets blocks line up position by position and
         # AllGather rows come out in key order; strictly increasing also means unique.
-        if any(a >= b for a, b in zip(order, order[1:])):
-            raise ValueError("block keys must be unique and in canonical order (ints ascending, then strs)")
+        # Every block received is validated here, on the latency path: all-int
+        # keys (the common case) are compared directly, without key_order tuples.
+        if all(type(k) is int for k in keys):
+            if any(a >= b for a, b in zip(keys, keys[1:])):
+                raise ValueError("block keys must be unique and in canonical order (ints ascending, then strs)")
+        else:
+            order = [key_order(key) for key in keys]
+            if any(a >= b for a, b in zip(order, order[1:])):
+                raise ValueError("block keys must be unique and in canonical order (ints ascending, then strs)")
         object.__setattr__(self, "offsets", offsets)
         object.__setattr__(self, "values", values)
 

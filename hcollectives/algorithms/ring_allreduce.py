@@ -46,9 +46,7 @@ import numpy as np
 from .block import Block
 from .reduction import OPS, check_op
 
-# Below this many value bytes the tree wins: its 2*depth hops beat the ring's
-# 2(n-1) steps, and there is too little data for bandwidth to matter.
-RING_MIN_BYTES = 256 * 1024
+from .plan import RING_MIN_BYTES  # noqa: F401 -- the threshold lives with the other choices
 
 
 def ring_layout(block: Block) -> str:
@@ -119,7 +117,7 @@ class RingAllReduce:
     """
 
     __slots__ = ("rank", "size", "op", "local", "_ufunc", "_acc", "_bounds", "_early",
-                 "_next", "_started", "_result")
+                 "_next", "_started", "_result", "consumed")
 
     def __init__(self, rank: int, size: int, op: str, local: Block, *, in_place: bool = False) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -137,6 +135,9 @@ class RingAllReduce:
         self._next = 0  # the step whose data this node processes next
         self._started = False
         self._result: Block | None = None
+        # Received chunks already folded in or copied into place: nothing here
+        # reads them again, so the service may recycle their buffers.
+        self.consumed: list[np.ndarray] = []
 
     # -- state ------------------------------------------------------------
 
@@ -230,6 +231,7 @@ class RingAllReduce:
                 self._ufunc(data, target, out=target)
             else:
                 target[...] = data
+            self.consumed.append(data)  # the caller may reuse its buffer now
             self._next += 1
             if self._next < self.steps:
                 sends.append(self._send(self._next))

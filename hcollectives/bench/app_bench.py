@@ -192,4 +192,14 @@ def _collectives_section(stream: TextIO | None) -> dict[str, Any]:
             print("collectives: the same with Open MPI (mpi4py, --mca btl tcp,self)", file=stream)
         sizes = sorted({row["bytes"] for row in out["collectives"]})
         out["mpi"] = [mpi_bench.run_mpi_bench(n, sizes, 5, 600) for n in (2, 4)]
+        out["side_by_side"] = collective_bench.side_by_side(out["collectives"], out["mpi"])
+    if stream is not None:
+        print("collectives: a task's 1 KiB contribution and the result back, one node", file=stream)
+    out["task_round_trip"] = collective_bench.round_trip()
+    if stream is not None:
+        if "side_by_side" in out:
+            print(collective_bench.format_table(out["side_by_side"]), file=stream)
+        rt = out["task_round_trip"]
+        print(f"task round trip, 1 KiB, one node: median {rt['median_s'] * 1e3:.3f} ms, "
+              f"min {rt['min_s'] * 1e3:.3f} ms; loopback {out['loopback_gib_per_s']:.2f} GiB/s", file=stream)
     return out

@@ -122,6 +122,94 @@ def _check(kind: str, n: int, size: int, result: Block | None) -> None:
         raise RuntimeError(f"{kind} of {size} bytes over {n} nodes gave a wrong result")
 
 
+async def _round_trip(repeats: int, tmp: str, nbytes: int = 1024) -> dict[str, Any]:
+    """A task's contribution to its daemon and the result back, one node.
+
+    The task (a thread with a blocking channel, as a map task has) sends its
+    block (Contribute -> ContributeAck: the daemon claims it with the
+    coordinator, which seals the iteration), then asks for the next
+    iteration's loop data and gets the result in a PostProcessLease. Timed:
+    from sending Contribute until the lease (holding the result) is in hand.
+    """
+    secret, session = new_secret(), secrets.token_hex(8)
+    coordinator = Coordinator(SessionConfig(session, secret, "allreduce", "sum", 2, "", 30.0, 1), np.zeros(1))
+    procs, addresses = _start_daemons(1, secret, tmp)
+    times: list[float] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(coordinator.serve)
+            for i in range(1, repeats + 3):
+                coordinator.set_num_tasks(i, 1)
+
+            def task() -> None:
+                from ..protocol import messages as m
+                from ..transport.sync_channel import SyncChannel
+
+                block = Block.from_dict({0: np.ones(nbytes // 8)})
+                channel = SyncChannel.connect(addresses[0], role="task", name="t0", secret=secret, timeout=30)
+                try:
+                    channel.send(m.TaskStarted(session, 1, "t0", "t0_0", 1, "n0", address), timeout=30)
+                    channel.send(m.GetLoopData(session, 1), timeout=30)
+                    channel.receive(timeout=30)  # iteration 1's loop data, from the coordinator
+                    for i in range(1, repeats + 2):
+                        t0 = time.perf_counter()
+                        channel.send(m.Contribute(session, i, "t0", "t0_0", block), timeout=30)
+                        ack = channel.receive(timeout=30)
+                        channel.send(m.GetLoopData(session, i + 1), timeout=30)
+                        lease = channel.receive(timeout=30)
+                        elapsed = time.perf_counter() - t0
+                        if not (isinstance(ack, m.ContributeAck) and ack.accepted
+                                and isinstance(lease, m.PostProcessLease) and lease.result == block):
+                            raise RuntimeError(f"round trip {i}: got {ack!r:.100} and {lease!r:.100}")
+                        channel.send(m.LoopData(session, i + 1, np.zeros(1), False), timeout=30)
+                        if i > 1:  # the first also opens the coordinator's records
+                            times.append(elapsed)
+                finally:
+                    channel.close()
+
+            await trio.to_thread.run_sync(task)
+            nursery.cancel_scope.cancel()
+    finally:
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return {"bytes": nbytes, "nodes": 1, "median_s": statistics.median(times), "min_s": min(times),
+            "repeats": len(times)}
+
+
+def round_trip(repeats: int = 20) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="hcollectives-cbench-") as tmp:
+        return trio.run(_round_trip, repeats, tmp)
+
+
+def side_by_side(ours: list[dict[str, Any]], mpi: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (kind, nodes, bytes): our median, Open MPI's, and the ratio."""
+    theirs = {(r["kind"], r["nodes"], r["bytes"]): r for report in mpi for r in report.get("rows", ())}
+    rows = []
+    for r in ours:
+        ref = theirs.get((r["kind"], r["nodes"], r["bytes"]))
+        rows.append({"kind": r["kind"], "nodes": r["nodes"], "bytes": r["bytes"], "median_s": r["median_s"],
+                     "mpi_median_s": ref["median_s"] if ref else None,
+                     "ratio": r["median_s"] / ref["median_s"] if ref else None})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    def size(b: int) -> str:
+        return f"{b >> 20} MiB" if b >= 1 << 20 else f"{b >> 10} KiB"
+
+    lines = ["| collective | nodes | size | hcollectives | Open MPI | ratio |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        mpi = f"{r['mpi_median_s'] * 1e3:.3g} ms" if r["mpi_median_s"] is not None else "-"
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+        lines.append(f"| {'AllReduce' if r['kind'] == 'allreduce' else 'AllGather'} | {r['nodes']} | {size(r['bytes'])} "
+                     f"| {r['median_s'] * 1e3:.3g} ms | {mpi} | {ratio} |")
+    return "\n".join(lines)
+
+
 def loopback_bandwidth(nbytes: int = 256 << 20) -> float:
     """Bytes/s one blocking TCP stream moves on loopback, into a preallocated buffer."""
     server = socket.create_server(("127.0.0.1", 0))

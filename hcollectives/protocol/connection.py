@@ -21,7 +21,7 @@ import hmac
 import secrets
 
 from ..errors import AuthenticationError, ConnectionLost, LocalProtocolError, RemoteProtocolError
-from .frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
+from .frames import DEFAULT_MAX_FRAME_BYTES, Allocator, FrameDecoder
 from .messages import Auth, Hello, Message, from_frame
 
 # A Hello or Auth frame is ~100 bytes; 4 KiB is generous and still tiny.
@@ -58,12 +58,13 @@ class Connection:
     """One end of an hcollectives connection (client = the end that dialled)."""
 
     def __init__(self, *, role: str, name: str, secret: bytes, client: bool,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, allocate: Allocator | None = None) -> None:
         if not isinstance(secret, bytes) or len(secret) < 16:
             raise ValueError("secret must be at least 16 bytes")
         self.role, self.name, self.client = role, name, client
         self._secret = secret
         self._max_frame_bytes = max_frame_bytes
+        self._allocate = allocate  # the owner's buffer pool, used once the peer is authenticated
         self._nonce = secrets.token_bytes(32)
         self._decoder = FrameDecoder(max_frame_bytes=HANDSHAKE_MAX_FRAME_BYTES)
         self._outgoing: list[bytes | memoryview] = list(Hello(role, name, self._nonce).to_frame())
@@ -153,6 +154,7 @@ class Connection:
                 f"peer {hello.role} {hello.name!r} failed authentication (wrong session secret?)")
         self.state = State.OPEN
         self._decoder.max_frame_bytes = self._max_frame_bytes
+        self._decoder.allocate = self._allocate
 
     # -- sending -----------------------------------------------------------------------
 

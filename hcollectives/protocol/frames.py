@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -47,6 +48,10 @@ MAX_NDIM = 8
 # No real dimension comes near this; it keeps numpy from being asked for shapes
 # whose element count overflows (possible when another dimension is 0).
 MAX_DIM = 1 << 40
+
+
+# (dtype, shape) -> a writable C-contiguous array of exactly that dtype and shape.
+Allocator = Callable[[np.dtype, tuple[int, ...]], np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,32 +98,52 @@ def frame_size(chunks: list[bytes | memoryview]) -> int:
     return sum(len(c) for c in chunks)
 
 
-_PLAIN = (type(None), bool, int, float, str, bytes)
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes})
+_MAX_DEPTH = 16
 
 
-def _check_plain(obj: Any, depth: int = 0) -> None:
+def _check_plain(obj: Any) -> None:
     """Headers hold plain data only. msgpack decodes its Timestamp extension
-    itself (ext_hook never sees it), so types are checked after decoding."""
-    if depth > 16:
-        raise RemoteProtocolError("header nested too deeply")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, depth + 1)
-            _check_plain(v, depth + 1)
-    elif isinstance(obj, list):
-        for v in obj:
-            _check_plain(v, depth + 1)
-    elif not isinstance(obj, _PLAIN):
-        raise RemoteProtocolError(f"header holds a {type(obj).__name__}; only plain data is allowed")
+    itself (ext_hook never sees it), so types are checked after decoding.
+
+    Iterative, with exact type tests: this runs on every frame of the latency
+    path, where the recursive isinstance walk it replaced cost more than the
+    msgpack decode itself (~26 calls for a Partial's header)."""
+    stack = [(obj, 0)]
+    pop, push, plain = stack.pop, stack.append, _PLAIN
+    while stack:
+        value, depth = pop()
+        kind = type(value)
+        if kind in plain:
+            continue
+        if depth >= _MAX_DEPTH:
+            raise RemoteProtocolError("header nested too deeply")
+        if kind is dict:
+            for k, v in value.items():
+                if type(k) not in plain:
+                    push((k, depth + 1))
+                if type(v) not in plain:
+                    push((v, depth + 1))
+        elif kind is list:
+            for v in value:
+                if type(v) not in plain:
+                    push((v, depth + 1))
+        else:
+            raise RemoteProtocolError(f"header holds a {kind.__name__}; only plain data is allowed")
 
 
 class FrameDecoder:
     """Incremental frame decoder with size limits; one per connection direction."""
 
-    def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 allocate: Allocator | None = None) -> None:
         if max_frame_bytes < PRELUDE.size:
             raise ValueError("max_frame_bytes is too small to hold a prelude")
         self.max_frame_bytes = max_frame_bytes
+        # Where validated buffers are received: np.empty by default, or the
+        # owner's pool (`transport.buffer_pool`), so a body lands in memory
+        # that was already touched instead of fresh pages (a third of the speed).
+        self.allocate = allocate
         self._buf = bytearray()
         self._eof = False
         self._reset()
@@ -229,14 +254,17 @@ class FrameDecoder:
         descriptors = header["b"]
         if not isinstance(descriptors, list) or len(descriptors) != self._nbuffers:
             raise RemoteProtocolError("buffer descriptors do not match the prelude's buffer count")
-        self._arrays = [self._allocate(d, n) for d, n in zip(descriptors, self._lengths)]
+        if self.allocate is None:
+            self._arrays = [self._allocate(d, n) for d, n in zip(descriptors, self._lengths)]
+        else:
+            self._arrays = [self._from_pool(*self._validate(d, n)) for d, n in zip(descriptors, self._lengths)]
         self._bytes_views = [memoryview(a.reshape(-1).view(np.uint8)) if a.nbytes else memoryview(b"") for a in self._arrays]
         self._header = header
         self._skip_full_buffers()
         return True
 
     @staticmethod
-    def _allocate(descriptor: Any, nbytes: int) -> np.ndarray:
+    def _validate(descriptor: Any, nbytes: int) -> tuple[np.dtype, tuple[int, ...]]:
         if not (isinstance(descriptor, list) and len(descriptor) == 2):
             raise RemoteProtocolError("buffer descriptor must be [dtype, shape]")
         dtype, shape = descriptor
@@ -254,10 +282,26 @@ class FrameDecoder:
             count *= s
         if count * dt.itemsize != nbytes:
             raise RemoteProtocolError(f"buffer of {nbytes} bytes does not hold shape {shape} of {dtype}")
+        return dt, tuple(shape)
+
+    @staticmethod
+    def _allocate(descriptor: Any, nbytes: int) -> np.ndarray:
+        dt, shape = FrameDecoder._validate(descriptor, nbytes)
         try:
             return np.empty(shape, dtype=dt)
         except (ValueError, MemoryError) as exc:
-            raise RemoteProtocolError(f"cannot allocate shape {shape} of {dtype}: {exc}") from None
+            raise RemoteProtocolError(f"cannot allocate shape {list(shape)} of {dt.str}: {exc}") from None
+
+    def _from_pool(self, dt: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        try:
+            arr = self.allocate(dt, shape)
+        except (ValueError, MemoryError) as exc:
+            raise RemoteProtocolError(f"cannot allocate shape {list(shape)} of {dt.str}: {exc}") from None
+        # The pool is ours, but a wrong buffer here would be written past or
+        # read as another type: check it as if it came from outside.
+        if arr.dtype != dt or arr.shape != shape or not arr.flags.c_contiguous or not arr.flags.writeable:
+            raise LocalProtocolError(f"allocator returned {arr.dtype} {arr.shape} for {dt.str} {list(shape)}")
+        return arr
 
     def _fill_from_buffer(self) -> None:
         while self._buf and self._index < len(self._arrays):

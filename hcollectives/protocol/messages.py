@@ -12,8 +12,8 @@ Who sends what (T = task, D = node daemon, C = coordinator in the driver):
   a post-processed result); D->T LoopData, PostProcessLease, ContributeAck, Stop
 - D->C NodeJoin, TaskStarted, Claim, TaskFailed, Result (rank 0 only), GetLoopData,
   HasResult, Notice, NodeError; C->D SessionInfo, Members, ClaimResult, Seal, LoopData, Stop
-- D->D Partial (up the tree), Result (down the tree), RingChunk (ring AllReduce),
-  Piece (AllGather)
+- D->D Partial (up the tree), Result (down the tree), DoublingStep (recursive-doubling
+  AllReduce), RingChunk (ring AllReduce), Piece (AllGather)
 """
 
 from __future__ import annotations
@@ -383,6 +383,18 @@ class RingChunk(Message):
     rank: int
     step: int
     data: np.ndarray
+
+
+@message("doubling_step", session="ident", iteration="iteration", rank="int", step="int", block="block")
+class DoublingStep(Message):
+    """One step of a recursive-doubling AllReduce (`algorithms.doubling_allreduce`):
+    `rank`'s accumulator (or local block, or the result) for `step`."""
+
+    session: str
+    iteration: int
+    rank: int
+    step: int
+    block: Block
 
 
 @message("piece", session="ident", iteration="iteration", task="ident", attempt="ident", block="block")

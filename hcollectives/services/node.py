@@ -15,12 +15,16 @@ module owns the process's lifetime:
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 
 import trio
 
 from ..errors import ConnectionLost, HCollectivesError, ProtocolError
 from ..protocol import messages as m
-from ..transport.trio_channel import Channel, listener_address, open_listeners, serve
+from ..transport.buffer_pool import BufferPool
+from ..transport.trio_channel import Channel, listener_address, open_listeners, open_unix_listener, serve
 from .faults import Faults
 from .node_session import NodeSession, Timeouts
 from .rendezvous import default_rundir
@@ -32,7 +36,7 @@ log = logging.getLogger(__name__)
 class NodeDaemon:
     def __init__(self, *, node: str, secret: bytes, bind_host: str = "127.0.0.1",
                  advertise_host: str | None = None, port: int = 0, timeouts: Timeouts = Timeouts(),
-                 exit_when_idle: bool = True, faults: Faults = Faults()) -> None:
+                 exit_when_idle: bool = True, faults: Faults = Faults(), unix_dir: str | None = None) -> None:
         if not node:
             raise ValueError("node id must not be empty")
         self.node = node
@@ -42,7 +46,12 @@ class NodeDaemon:
         self.timeouts = timeouts
         self.exit_when_idle = exit_when_idle
         self.faults = faults
+        # Where the Unix socket's private directory goes: the daemon's rendezvous
+        # directory when it has one (removed with the run even if we are killed),
+        # else the system's temp dir.
+        self._unix_dir = unix_dir
         self.address: str | None = None
+        self.pool = BufferPool()  # receive buffers, reused across sessions and iterations
         self.sessions: dict[str, NodeSession] = {}
         self.rejected_connections: list[str] = []
         self._join_lock = trio.Lock()
@@ -55,16 +64,38 @@ class NodeDaemon:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listeners = await open_listeners(self._bind_host, self._port)
-        self.address = listener_address(listeners, self._advertise_host)
+        # Same-host peers and tasks dial this Unix socket instead of TCP
+        # (transport/common.py); its directory is ours alone (0700), so only
+        # our user can even reach the handshake.
+        unix_dir = tempfile.mkdtemp(prefix="hcx-", dir=self._unix_dir)
+        unix_path = os.path.join(unix_dir, "d.sock")
+        if len(unix_path) > 100 and self._unix_dir is not None:  # too long for sun_path
+            os.rmdir(unix_dir)
+            unix_dir = tempfile.mkdtemp(prefix="hcx-")
+            unix_path = os.path.join(unix_dir, "d.sock")
+        try:
+            unix = await open_unix_listener(unix_path)
+            if unix is not None:
+                listeners = listeners + [unix]
+            self.address = listener_address(listeners, self._advertise_host, unix_path if unix else None)
+            await self._serve(listeners, task_status)
+        finally:
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+            shutil.rmtree(unix_dir, ignore_errors=True)  # the socket file with it, also on failure
+        log.info("node %s: exiting", self.node)
+
+    async def _serve(self, listeners: list[trio.SocketListener], task_status) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(lambda: serve(listeners, self._handle, role="node", name=self.node,
                                              secret=self._secret, handshake_timeout=self.timeouts.connect,
-                                             on_reject=self.rejected_connections.append))
+                                             on_reject=self.rejected_connections.append,
+                                             allocate=self.pool.take))
             task_status.started(self.address)
             await self._lifetime()
             nursery.cancel_scope.cancel()
-        log.info("node %s: exiting", self.node)
 
     async def _lifetime(self) -> None:
         """Return when the daemon should exit (never, for a service).
@@ -136,7 +167,7 @@ class NodeDaemon:
             if session is None:
                 log.warning("node %s: %s for unknown session from %s", self.node, event.TYPE, channel.label)
                 continue
-            session.on_peer_message(event)
+            await session.on_peer_event(event)
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -148,6 +179,7 @@ class NodeDaemon:
                     session = NodeSession(node=self.node, address=self.address, session=session_id,
                                           coordinator=coordinator, secret=self._secret,
                                           timeouts=self.timeouts, faults=self.faults)
+                    session.pool = self.pool
                     await self._nursery.start(self._run_session, session)
         finally:
             self._notify()  # _lifetime waits for the lock to be free

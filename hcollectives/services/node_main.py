@@ -58,9 +58,12 @@ def run(args: argparse.Namespace) -> int:
                         advertise_host=args.advertise_host, port=args.port,
                         timeouts=Timeouts(idle_exit=args.idle_timeout),
                         exit_when_idle=args.exit_when_idle,
-                        faults=Faults.parse(os.environ.get(FAULTS_ENV)))
+                        faults=Faults.parse(os.environ.get(FAULTS_ENV)),
+                        unix_dir=str(args.rendezvous) if args.rendezvous is not None else None)
 
     async def main() -> None:
+        if args.rendezvous is not None:
+            args.rendezvous.mkdir(parents=True, exist_ok=True)  # the Unix socket's directory goes in it
         async with trio.open_nursery() as nursery:
             address = await nursery.start(daemon.run)
             _announce(args.rendezvous, address)

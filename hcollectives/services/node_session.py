@@ -11,8 +11,8 @@ daemon. It joins the coordinator, then:
 - when the coordinator seals an iteration, reduces this node's contributions
   and runs the AllReduce with the other daemons: a ring (reduce-scatter +
   allgather) when every block is big and of one layout (`Seal.layout`), else
-  the latency-optimal tree (or, for AllGather, pushes pieces to every member
-  as soon as tasks finish and assembles them);
+  recursive doubling (`algorithms/plan.py` chooses; or, for AllGather, pushes
+  pieces to every member as soon as tasks finish and assembles them);
 - reads from the store whatever did not arrive over TCP within the session's
   fallback deadline.
 
@@ -29,7 +29,9 @@ import numpy as np
 import trio
 
 from .. import store as st
+from ..algorithms import plan
 from ..algorithms.block import Block
+from ..algorithms.doubling_allreduce import DoublingAllReduce
 from ..algorithms.gather import GatherAssembly
 from ..algorithms.reduction import reduce_blocks
 from ..algorithms.ring_allreduce import RingAllReduce, ring_layout
@@ -37,8 +39,9 @@ from ..algorithms.topology import ranks_of
 from ..algorithms.tree_allreduce import TreeAllReduce
 from ..errors import CollectiveTimeout, ConnectionLost, HCollectivesError, ProtocolError
 from ..protocol import messages as m
+from ..transport.buffer_pool import BufferPool
 from ..transport.trio_channel import Channel, connect
-from .exchange import gather, ring, store_fallback, tree
+from .exchange import doubling, gather, ring, store_fallback, tree
 from .exchange.gather import piece_id
 from .faults import Faults
 
@@ -51,6 +54,7 @@ class _Iteration:
     seal: m.Seal | None = None
     tree: TreeAllReduce | None = None
     ring: RingAllReduce | None = None
+    doubling: DoublingAllReduce | None = None
     early: list[m.Message] = field(default_factory=list)  # partials/results/ring chunks before our seal
     gather: GatherAssembly = field(default_factory=GatherAssembly)
     pushed: dict[str, set[str]] = field(default_factory=dict)  # piece id -> nodes it was sent to
@@ -86,6 +90,7 @@ class NodeSession:
         self._peers: dict[str, Channel] = {}
         self._peer_locks: dict[str, trio.Lock] = {}
         self._changed = trio.Event()
+        self.pool: BufferPool | None = None  # the daemon's receive buffers (ring chunks go back to it)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -336,6 +341,23 @@ class NodeSession:
         except HCollectivesError as exc:
             log.warning("node %s: could not send %s to %s: %s", self.node, event.TYPE, node, exc)
 
+    async def on_peer_event(self, event: m.Message) -> None:
+        """A peer's message, read by that peer's reader task. A recursive-doubling
+        step is fed (and the sends it causes are made) right here: spawning a
+        task for it would add a scheduler pass to every step of the latency path."""
+        if isinstance(event, m.DoublingStep):
+            state = self.it(event.iteration)
+            if state.doubling is None:
+                state.early.append(event)
+            else:
+                try:
+                    await doubling.feed(self, event.iteration, [event])
+                except (HCollectivesError, ValueError) as exc:  # a bad step or blocks that do not combine
+                    await self.report_error(f"iteration {event.iteration}: {type(exc).__name__}: {exc}")
+            self.notify()
+        else:
+            self.on_peer_message(event)
+
     def on_peer_message(self, event: m.Message) -> None:
         if isinstance(event, m.Piece):
             state = self.it(event.iteration)
@@ -385,8 +407,11 @@ class NodeSession:
     async def _allreduce(self, seal: m.Seal) -> None:
         state = self.it(seal.iteration)
         local = reduce_blocks([state.contributions[t][1] for t in sorted(state.contributions)], self.info.op)
-        if seal.layout:
+        strategy = plan.allreduce_strategy(seal.layout)
+        if strategy == "ring":
             await ring.run(self, seal, local)
+        elif strategy == "doubling":
+            await doubling.run(self, seal, local)
         else:
             await tree.run(self, seal, local)
 

@@ -14,7 +14,7 @@ import time
 from ..errors import CollectiveTimeout, ConnectionLost, ProtocolError
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
 from ..protocol.messages import Message
-from .common import RECV_CHUNK, parse_address
+from .common import RECV_CHUNK, parse_address, split_address, unix_buffers
 
 
 class SyncChannel:
@@ -26,14 +26,17 @@ class SyncChannel:
 
     @classmethod
     def connect(cls, address: str, *, role: str, name: str, secret: bytes, timeout: float) -> "SyncChannel":
-        host, port = parse_address(address)
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except socket.timeout:
-            raise CollectiveTimeout(f"timed out after {timeout:g}s connecting to {address}") from None
-        except OSError as exc:
-            raise ConnectionLost(f"cannot connect to {address}: {exc}") from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tcp, unix_path = split_address(address)
+        host, port = parse_address(tcp)
+        sock = _dial_unix(unix_path, timeout) if unix_path is not None else None
+        if sock is None:
+            try:
+                sock = socket.create_connection((host, port), timeout=timeout)
+            except socket.timeout:
+                raise CollectiveTimeout(f"timed out after {timeout:g}s connecting to {address}") from None
+            except OSError as exc:
+                raise ConnectionLost(f"cannot connect to {address}: {exc}") from exc
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel = cls(sock, Connection(role=role, name=name, secret=secret, client=True), address)
         try:
             channel._handshake(timeout)
@@ -122,3 +125,16 @@ class SyncChannel:
             raise CollectiveTimeout(f"timed out {what} ({self.label})") from None
         except OSError as exc:
             raise ConnectionLost(f"connection to {self.label} lost: {exc}") from exc
+
+
+def _dial_unix(path: str, timeout: float) -> socket.socket | None:
+    """The same-host fast path (see `common.split_address`); None: use TCP."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        unix_buffers(sock)
+        return sock
+    except OSError:
+        sock.close()
+        return None

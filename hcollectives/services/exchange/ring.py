@@ -78,6 +78,11 @@ def feed(session: SessionView, iteration: int, events: list[m.RingChunk]) -> Non
             _execute(session, iteration, state.ring.receive(event.step, event.data))
     except (ProtocolError, ValueError) as exc:
         session.nursery.start_soon(session.report_error, f"iteration {iteration}: {exc}")
+    consumed, state.ring.consumed = state.ring.consumed, []
+    pool = getattr(session, "pool", None)
+    if pool is not None:
+        for data in consumed:  # received into the daemon's pool: back it goes, warm
+            pool.give(data)
     if state.ring.done and state.result is None:
         session.notify()
 
