@@ -35,6 +35,16 @@ def guttman_row(i, delta_i, x):
     return (b @ x) / len(x)
 
 
+def guttman_rows(index, delta_rows, x):
+    """guttman_row for several rows at once: rows `index` of (1/N) B(X) X."""
+    d = np.sqrt(((x[None, :, :] - x[index][:, None, :]) ** 2).sum(-1))  # d_ij(X); d_ii == 0 exactly
+    b = np.zeros_like(d)
+    nonzero = d != 0
+    b[nonzero] = -delta_rows[nonzero] / d[nonzero]
+    b[np.arange(len(index)), index] = -b.sum(1)  # b_ii was 0 (d_ii == 0): -sum_{j != i} b_ij
+    return (b @ x) / len(x)
+
+
 def stress(delta, x):
     """Raw stress sigma(X) = sum_{i<j} (delta_ij - d_ij(X))^2 (sklearn's normalized_stress=False)."""
     delta, x = np.asarray(delta, float), np.asarray(x, float)
@@ -66,11 +76,15 @@ class MRMDS(MRCollectiveJob):
         # tasks get these rows from its cache (memory-mapped, read-only).
         return np.array(line.split(), float)
 
-    def mapper(self, _, row):  # row: parse_input's result for one input line
-        i = int(row[0])
-        if len(row) - 1 != len(self.x):
-            raise ConfigurationError(f"row {i} has {len(row) - 1} distances but X has {len(self.x)} rows")
-        yield i, guttman_row(i, row[1:], self.x)
+    def mapper_block(self, rows):  # rows: this split's parse_input rows, [i, delta_i0, ...] (read-only)
+        if rows.shape[1] - 1 != len(self.x):
+            raise ConfigurationError(f"rows have {rows.shape[1] - 1} distances but X has {len(self.x)} rows")
+        index = rows[:, 0].astype(int)
+        # Blocks of rows at a time: numpy over (rows x N x dims) instead of a
+        # Python call per row, with the memory per block bounded.
+        for start in range(0, len(rows), 256):
+            i = index[start:start + 256]
+            yield from zip(i.tolist(), guttman_rows(i, rows[start:start + 256, 1:], self.x))
 
     def post_process(self, x_new):
         # AllGather already ordered the rows by index: the gathered matrix is

@@ -58,6 +58,18 @@ class MRCollectiveJob(MRJob):
     #: instead of parsing again (``--no-input-cache`` turns that off).
     parse_input: Callable[[str], Any] | None = None
 
+    #: Optional vectorised mapper for jobs with ``parse_input``: define
+    #: ``mapper_block(self, rows)``; it receives the task's whole split as one
+    #: read-only 2-D float64 array (the cached rows themselves, never copied per
+    #: iteration) and yields (key, value) pairs exactly as ``mapper`` does, so a
+    #: numpy expression over the block replaces a Python call per record (what
+    #: Spark's mapPartitions buys). mapper_init / mapper_final still run around it.
+    mapper_block: Callable[[np.ndarray], Any] | None = None
+
+    #: Run the whole loop as one map-only job whose tasks stay alive across
+    #: iterations (same as ``--resident``); see driver/resident.py.
+    RESIDENT: bool = False
+
     # -- options ---------------------------------------------------------------------------
 
     def configure_args(self) -> None:
@@ -78,6 +90,9 @@ class MRCollectiveJob(MRJob):
         """Run every iteration; returns the final loop data, the count, converged, timings."""
         from ..driver.loop import IterativeDriver
 
+        if self.mapper_block is not None and self.parse_input is None:  # say so before any job starts
+            raise ConfigurationError(f"{type(self).__name__} defines mapper_block() but no parse_input(): "
+                                     "mapper_block receives parsed rows")
         initial = load_initial(self.options.initial)
         driver = IterativeDriver(
             self.loop_options(), MRJobLauncher(self),
@@ -136,6 +151,9 @@ class MRCollectiveJob(MRJob):
         if ENV_PREFIX + "SESSION" not in os.environ:
             raise ConfigurationError("MRCollectiveJob tasks must be started by an hcollectives driver "
                                      "(run the job script itself, e.g. `python job.py -r local ...`)")
+        if self.mapper_block is not None and self.parse_input is None:
+            raise ConfigurationError(f"{type(self).__name__} defines mapper_block() but no parse_input(): "
+                                     "mapper_block receives parsed rows")
         env = TaskEnv.from_environ()
         self._hc_task = MapTask(env, self.COLLECTIVE)
         self._hc_loop_data = None
@@ -148,8 +166,20 @@ class MRCollectiveJob(MRJob):
         """run_mapper for jobs with parse_input: the mapper sees parsed rows, cached per machine."""
         read, _ = self.pick_protocols(step_num, "mapper")
         rows = parsed_input(self, self._hc_task.env, read)
+        if self.mapper_block is not None:
+            self.run_block(rows)
+            return
         for _ in self.map_pairs(((None, row) for row in rows), step_num=step_num):
             pass  # a collective's mapper writes nothing to Hadoop
+
+    def run_block(self, rows: np.ndarray) -> None:
+        """One iteration of a block mapper: mapper_init, mapper_block(rows), mapper_final."""
+        self._hc_mapper_init()
+        task = self._hc_task
+        task.records += len(rows)
+        if len(rows):  # an empty split has no row width to show; a record mapper would not run either
+            task.collect_all(self.mapper_block(rows), f"mapper_block over {len(rows)} row(s)")
+        self._hc_mapper_final()
 
     def _hc_mapper_init(self):
         user = _user_method(self, "mapper_init")
