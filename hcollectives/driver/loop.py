@@ -303,13 +303,17 @@ class IterativeDriver:
                 reason = f"converged after iteration {i}" if converged else f"reached --max-iterations {last}"
                 await coord.stop(i + 1, converged=True, reason=reason)
                 await self._launched[i].wait()
-                if i in self._job_errors:
-                    raise JobFailed(f"iteration {i}'s job failed after its collective: {self._job_errors[i]}")
+                if self._job_error(i) is not None:
+                    raise JobFailed(f"iteration {i}'s job failed after its collective: {self._job_error(i)}")
                 return LoopResult(loop_data, i, converged, timings, result, started_at=self.t0_epoch)
             if not o.speculative:
                 await self._launched[i].wait()
             self._launch(i + 1)
             i += 1
+
+    def _job_error(self, i: int) -> BaseException | None:
+        """How the job that ran iteration *i* failed, if it did (driver/resident.py: one job for all)."""
+        return self._job_errors.get(i)
 
     async def _drain_jobs(self) -> None:
         """Wait for every submitted job to end (its tasks are told to stop).

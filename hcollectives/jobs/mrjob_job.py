@@ -24,6 +24,7 @@ from ..driver.options import add_loop_arguments, load_initial, loop_options_from
 from ..errors import ConfigurationError, HCollectivesError
 from ..services.task import ENV_PREFIX, TaskEnv
 from .collectives import AllGather, AllReduce, default_post_process
+from . import resident_task
 from .map_task import MapTask, run_task
 from .parsed_input import parsed_input
 
@@ -78,6 +79,11 @@ class MRCollectiveJob(MRJob):
         # pass them to tasks (tasks get what they need through the environment).
         group = self.arg_parser.add_argument_group("hcollectives")
         add_loop_arguments(group)
+        group.add_argument("--resident", action="store_true", default=None,
+                           help="run the whole loop as one map-only job whose tasks stay alive across "
+                                "iterations (also: RESIDENT = True on the class); needs a slot for every map task")
+        group.add_argument("--resident-start-timeout", type=float, default=300.0,
+                           help="resident mode: fail if not every map task runs within this many seconds")
 
     def loop_options(self) -> "LoopOptions":
         o = self.options
@@ -94,11 +100,39 @@ class MRCollectiveJob(MRJob):
             raise ConfigurationError(f"{type(self).__name__} defines mapper_block() but no parse_input(): "
                                      "mapper_block receives parsed rows")
         initial = load_initial(self.options.initial)
-        driver = IterativeDriver(
-            self.loop_options(), MRJobLauncher(self),
-            post_process=self._hc_post_process,
-            converged=self.converged, initial=initial, stream=sys.stderr)
+        kwargs = dict(post_process=self._hc_post_process, converged=self.converged, initial=initial,
+                      stream=sys.stderr)
+        if self._hc_resident():
+            from ..driver.resident import ResidentDriver
+
+            self._hc_check_resident_slots()
+            driver: IterativeDriver = ResidentDriver(self.loop_options(), MRJobLauncher(self),
+                                                     start_timeout=self.options.resident_start_timeout, **kwargs)
+        else:
+            driver = IterativeDriver(self.loop_options(), MRJobLauncher(self), **kwargs)
         return driver.run()
+
+    def _hc_resident(self) -> bool:
+        """Resident mode asked for (--resident or RESIDENT = True) and possible on this runner."""
+        if not (self.options.resident or self.RESIDENT):
+            return False
+        runner = self.options.runner or "inline"
+        if runner == "inline":
+            # mrjob's inline runner runs tasks one after another in this process:
+            # they can never all be alive at once.
+            print("hcollectives: --resident needs every map task running at once, and -r inline runs them "
+                  "one by one: running one job per iteration instead (use -r local)", file=sys.stderr)
+            return False
+        return True
+
+    def _hc_check_resident_slots(self) -> None:
+        """On YARN, fail now if the cluster cannot run every task at once (hadoop/yarn_slots.py)."""
+        if self.options.runner != "hadoop":
+            return
+        from ..hadoop import yarn_slots
+
+        yarn_slots.check_resident_slots(jobconf=dict(self._runner_kwargs().get("jobconf") or {}),
+                                        min_tasks=len(self.options.args))
 
     def run_job(self) -> None:
         self.set_up_logging(quiet=self.options.quiet, verbose=self.options.verbose)
@@ -113,7 +147,15 @@ class MRCollectiveJob(MRJob):
             print(outcome.summary(self.options.result), file=sys.stderr)
 
     def _runner_class(self):
-        return collective_runner_class(self.options.runner or "inline")
+        cls = collective_runner_class(self.options.runner or "inline")
+        if getattr(self, "options", None) is not None and self._hc_resident_quiet():
+            from ..driver.resident import resident_runner_class
+
+            cls = resident_runner_class(cls)
+        return cls
+
+    def _hc_resident_quiet(self) -> bool:
+        return bool(getattr(self.options, "resident", None) or self.RESIDENT) and (self.options.runner or "inline") != "inline"
 
     # -- task side ------------------------------------------------------------------------------
 
@@ -157,7 +199,9 @@ class MRCollectiveJob(MRJob):
         env = TaskEnv.from_environ()
         self._hc_task = MapTask(env, self.COLLECTIVE)
         self._hc_loop_data = None
-        if self.parse_input is None:
+        if resident_task.is_resident():
+            run_task(self._hc_task, lambda: self._hc_run_resident(step_num))
+        elif self.parse_input is None:
             run_task(self._hc_task, lambda: super(MRCollectiveJob, self).run_mapper(step_num))
         else:
             run_task(self._hc_task, lambda: self._hc_run_parsed_mapper(step_num))
@@ -170,6 +214,26 @@ class MRCollectiveJob(MRJob):
             self.run_block(rows)
             return
         for _ in self.map_pairs(((None, row) for row in rows), step_num=step_num):
+            pass  # a collective's mapper writes nothing to Hadoop
+
+    def _hc_run_resident(self, step_num: int) -> None:
+        """run_mapper of a resident task: read (and parse) the split once, then map it every iteration."""
+        if self.parse_input is not None:
+            read, _ = self.pick_protocols(step_num, "mapper")
+            rows = parsed_input(self, self._hc_task.env, read)
+            if self.mapper_block is not None:
+                body = lambda: self.run_block(rows)  # noqa: E731
+            else:
+                body = lambda: self._hc_drain(self.map_pairs(((None, row) for row in rows), step_num=step_num))  # noqa: E731
+        else:
+            read_lines, _ = self._wrap_protocols(step_num, "mapper")
+            records = list(read_lines())  # the split's records, decoded once and kept
+            body = lambda: self._hc_drain(self.map_pairs(iter(records), step_num=step_num))  # noqa: E731
+        resident_task.run_resident(self, self._hc_task, body)
+
+    @staticmethod
+    def _hc_drain(pairs) -> None:
+        for _ in pairs:
             pass  # a collective's mapper writes nothing to Hadoop
 
     def run_block(self, rows: np.ndarray) -> None:

@@ -144,7 +144,8 @@ class NodeDaemon:
                     await session.serve_loop_data(channel, event.iteration)
                 elif isinstance(event, m.Contribute):
                     await channel.send(await session.contribute(event), timeout=self.timeouts.connect)
-                elif isinstance(event, m.TaskFailed):
+                elif isinstance(event, (m.TaskFailed, m.TaskStarted)):
+                    # (TaskStarted again: a resident task entering its next iteration)
                     await session.to_coordinator(event)
                 else:
                     raise ProtocolError(f"tasks do not send {type(event).__name__}")

@@ -1,0 +1,174 @@
+"""Resident mode: the whole loop in one map-only job (``--resident``, ``RESIDENT = True``).
+
+`ResidentDriver` is the iteration driver with one difference: it submits a
+single job, whose tasks (jobs/resident_task.py) stay alive and run every
+iteration, instead of one job per iteration. Everything the loop does per
+iteration -- wait for the result, post_process, converged, checkpoint,
+progress line, timings -- is the base class's, unchanged.
+
+Every task must run at the same time (each iteration's collective needs all
+of them), so a resident run never waits for a slot:
+
+- the local runner's process pool is sized to the job's task count
+  (`resident_runner_class`), and a task that dies is retried there as YARN
+  would (new attempt id, up to `MAX_ATTEMPTS`), rejoining at the current
+  iteration;
+- on YARN, `hadoop/yarn_slots.py` compares the cluster's free memory and
+  vcores with what the tasks need before submitting (in MRCollectiveJob);
+- on any runner, if not every task has started within ``--resident-start-timeout``
+  seconds, the run fails, naming how many tasks are running of how many.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import trio
+
+from .loop import IterativeDriver
+
+log = logging.getLogger(__name__)
+
+# How often a local-runner task is tried in all (Hadoop's mapreduce.map.maxattempts default).
+MAX_ATTEMPTS = 4
+
+
+class ResidentDriver(IterativeDriver):
+    """IterativeDriver whose one job runs every iteration."""
+
+    def __init__(self, *args, start_timeout: float = 300.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not start_timeout > 0:
+            from ..errors import ConfigurationError
+
+            raise ConfigurationError("--resident-start-timeout must be positive")
+        self.start_timeout = start_timeout
+        self._resident_done: trio.Event | None = None
+        self._resident_first: int | None = None
+
+    def _launch(self, i: int) -> None:
+        if i > self.options.max_iterations:
+            return
+        if self._resident_done is None:
+            self._resident_first = i
+            self._resident_done = trio.Event()
+            self.coordinator.mark(i, "submitted")
+            self._nursery.start_soon(self._run_job, i, self._resident_done)
+            self._nursery.start_soon(self._watch_start, i)
+        # Every iteration's "job" is the resident one: the loop's waits for
+        # "iteration i's job is done" wait for it.
+        self._launched[i] = self._resident_done
+
+    async def _speculate(self, i: int) -> None:
+        return  # the next iteration's tasks are already running: these ones
+
+    def _job_error(self, i: int) -> BaseException | None:
+        return self._job_errors.get(self._resident_first)
+
+    async def _watch_start(self, first: int) -> None:
+        """Fail the run if the tasks do not all run at once: a resident run must never wait for slots."""
+        with trio.move_on_after(self.start_timeout) as waited:
+            try:
+                await self.coordinator.wait_all_started(first)
+            except Exception:  # noqa: BLE001 -- aborted: the failure is reported elsewhere
+                return
+        if waited.cancelled_caught and not self._stopping:
+            rec = self.coordinator.record(first)
+            total = "an unknown number of" if rec.num_tasks is None else f"the {rec.num_tasks}"
+            self.coordinator.abort(
+                f"resident mode needs every map task running at once, but only {len(rec.started)} of {total} "
+                f"map tasks started within --resident-start-timeout {self.start_timeout:g}s: the cluster has "
+                "fewer free task slots than the job has tasks (fewer input splits, more memory or vcores, "
+                "or run without --resident: one job per iteration)")
+
+    async def _run_job(self, i: int, done: trio.Event) -> None:
+        await super()._run_job(i, done)
+        if not self._stopping and self.coordinator.failure is None:
+            # The job ended although the loop goes on: its tasks cannot come back.
+            error = self._job_errors.get(i)
+            self.coordinator.abort(f"the resident job ended before the loop did"
+                                   + (f": {error}" if error else " (its tasks exited)"))
+
+    def _task_env(self, i: int) -> dict[str, str]:
+        from ..jobs.resident_task import LAST_ENV, RESIDENT_ENV, STORE_ENV
+
+        env = super()._task_env(i)
+        env[RESIDENT_ENV] = "1"
+        env[LAST_ENV] = str(self.options.max_iterations)
+        env[STORE_ENV] = self.coordinator.config.checkpoint_uri
+        return env
+
+
+# -- the local runner, made to run every task at once and to retry a lost one -------------------
+
+_RESIDENT_CLASSES: dict[type, type] = {}
+
+
+def resident_runner_class(base: type) -> type:
+    """*base* (a collective runner class) for resident jobs.
+
+    On mrjob's simulated runners (local): the process pool gets one process
+    per task (mrjob sizes it by --num-cores, which would leave tasks queued
+    behind resident ones forever), the task count reaches the tasks as
+    Hadoop's $mapreduce_job_maps does, and a failed task is tried again with
+    a new attempt id, as YARN would.
+    """
+    if base not in _RESIDENT_CLASSES:
+        def _run_mappers_and_combiners(self, step_num, map_splits):
+            map_splits = list(map_splits)
+            n = len(map_splits)
+            if n > (self._opts.get("num_cores") or os.cpu_count() or 1):
+                print(f"hcollectives: --resident: running all {n} map tasks at once "
+                      f"(more than --num-cores {self._opts.get('num_cores') or os.cpu_count()})",
+                      file=sys.stderr)
+            self._opts["num_cores"] = _pool_size(n, self._opts.get("num_cores") or 0)
+            self._opts["cmdenv"] = dict(self._opts.get("cmdenv") or {}, mapreduce_job_maps=str(n))
+            return base._run_mappers_and_combiners(self, step_num, map_splits)
+
+        def _run_task_func(self, task_type, step_num, task_num, map_split=None):
+            func = base._run_task_func(self, task_type, step_num, task_num, map_split)
+            if task_type != "mapper":
+                return func
+            return functools.partial(_run_with_retries, func, MAX_ATTEMPTS)
+
+        attrs = {}
+        if hasattr(base, "_run_mappers_and_combiners"):
+            attrs["_run_mappers_and_combiners"] = _run_mappers_and_combiners
+        if hasattr(base, "_run_task_func"):
+            attrs["_run_task_func"] = _run_task_func
+        _RESIDENT_CLASSES[base] = type(f"Resident{base.__name__}", (base,), attrs)
+    return _RESIDENT_CLASSES[base]
+
+
+def _pool_size(tasks: int, cores: int) -> int:
+    """The local runner's process pool for a resident job: a process for every task."""
+    return max(tasks, cores)
+
+
+def _run_with_retries(func: functools.partial, attempts: int) -> None:
+    """Run mrjob's task function; if the task fails, run it again as attempt _1, _2, ...
+
+    (mrjob's local runner never retries; YARN does, and resident mode relies on
+    a lost task coming back.) Each earlier attempt's stderr is kept beside the last's.
+    """
+    *head, stderr_path, wd, env = func.args
+    for attempt in range(attempts):
+        attempt_env = dict(env)
+        attempt_id = env.get("mapreduce_task_attempt_id", "")
+        if attempt_id.endswith("_0"):
+            attempt_env["mapreduce_task_attempt_id"] = f"{attempt_id[:-2]}_{attempt}"
+        try:
+            func.func(*head, stderr_path, wd, attempt_env, **func.keywords)
+            return
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            log.warning("resident task attempt %d failed; trying again", attempt)
+            try:
+                os.replace(stderr_path, f"{stderr_path}.attempt-{attempt}")
+            except OSError:
+                pass
+

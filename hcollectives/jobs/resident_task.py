@@ -1,0 +1,108 @@
+"""A resident map task: one task attempt runs every iteration of the loop.
+
+With ``--resident`` (``RESIDENT = True``) the driver submits one map-only job
+for the whole loop (driver/resident.py). Each task reads and parses its split
+once, keeps the rows in memory, and loops
+
+    loop data of i -> map the rows -> contribute to i's collective -> i + 1
+
+until the daemon answers "stop" (converged, --max-iterations reached, or the
+run failed). Per iteration it reports to Hadoop on stderr (streaming's
+``reporter:status:`` and ``reporter:counter:`` lines), since Hadoop kills a
+task that says nothing for ``mapreduce.task.timeout``.
+
+A retried attempt (Hadoop's, or the local runner's in driver/resident.py)
+does not start over at the job's first iteration: it reads the last finished
+iteration from the store (``run_state.json``, written by the driver after
+every iteration) and rejoins at the next one, taking that iteration's loop
+data from its node's cache. If the attempt it replaces had already
+contributed to that iteration, the coordinator's per-task claim rejects the
+duplicate: each task counts exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..algorithms.reduction import Accumulator
+from ..protocol import messages as m
+from ..services.task import ENV_PREFIX, IterationStopped, TaskEnv
+from .map_task import MapTask
+
+if TYPE_CHECKING:
+    from .mrjob_job import MRCollectiveJob
+
+RESIDENT_ENV = ENV_PREFIX + "RESIDENT"  # "1": this task runs the whole loop
+LAST_ENV = ENV_PREFIX + "LAST_ITERATION"  # the task stops after contributing to it
+STORE_ENV = ENV_PREFIX + "STORE"  # where a retried attempt finds the last finished iteration
+
+
+def is_resident(env: dict[str, str] | os._Environ = os.environ) -> bool:
+    return env.get(RESIDENT_ENV) == "1"
+
+
+def attempt_number(attempt: str) -> int:
+    """Hadoop's attempt ids end in _<n> (0 for the first attempt of a task)."""
+    found = re.search(r"_(\d+)$", attempt)
+    return int(found.group(1)) if found else 0
+
+
+def rejoin_iteration(env: TaskEnv, environ=os.environ) -> int:
+    """Where this attempt starts: the job's first iteration, or for a retried
+    attempt, the one after the last iteration the driver finished."""
+    if attempt_number(env.attempt) == 0 or not environ.get(STORE_ENV):
+        return env.iteration
+    from .. import store as st
+
+    store = st.Store(environ[STORE_ENV])
+    if not store.exists(st.run_state_path()):
+        return env.iteration
+    state = store.load_json(st.run_state_path())
+    return max(env.iteration, int(state.get("iteration", 0)) + 1)
+
+
+def report(line: str) -> None:
+    """A Hadoop streaming status/counter line (stderr, where Hadoop and mrjob look)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_resident(job: "MRCollectiveJob", task: MapTask, iteration_body: Callable[[], None],
+                 environ=os.environ) -> int:
+    """Run *iteration_body* (mapper_init, map the kept rows, mapper_final) once per
+    iteration until the loop stops; returns the number of iterations this attempt ran."""
+    from ..launch import task_trace
+
+    first = rejoin_iteration(task.env, environ)
+    last = int(environ.get(LAST_ENV) or 0) or None
+    client = task.client
+    announced = task.env.iteration  # client.start() sent TaskStarted for it with the connection
+    done = 0
+    i = first
+    while last is None or i <= last:
+        env = dataclasses.replace(task.env, iteration=i)
+        task.env = client.env = env
+        task.acc = Accumulator(task.collective.op if task.collective.name == "allreduce" else None)
+        if i != announced:
+            # The first TaskStarted went out with the connection; later ones let the
+            # coordinator count this task as started in i (as a fresh task would be).
+            client._send(m.TaskStarted(env.session, i, env.task, env.attempt, env.num_tasks, env.node,
+                                       env.coordinator))
+        job._hc_loop_data = None
+        started = time.time()
+        try:
+            iteration_body()
+        except IterationStopped:
+            break
+        task_trace.note(f"iteration_{i}", [started, time.time()])
+        done += 1
+        report(f"reporter:status:hcollectives: iteration {i} contributed")
+        report("reporter:counter:hcollectives,iterations,1")
+        i += 1
+    return done
+
