@@ -76,6 +76,26 @@ def test_killed_resident_task_is_retried_and_rejoins_with_the_same_bits(tmp_path
         assert sum(int(n) for it, *_, n in calls if it == i) == len(rows)
 
 
+def test_killed_daemon_restarts_from_the_last_finished_iteration_with_the_same_bits(tmp_path, monkeypatch,
+                                                                                    capsys, no_orphan_daemons):
+    (tmp_path / "a").mkdir()
+    clean, rows, _ = block_sum_job(tmp_path / "a", monkeypatch, "--max-iterations", "5", "--resident",
+                                   "--local-nodes", "2")
+    expected = clean.iterate().loop_data
+    (tmp_path / "b").mkdir()
+    job, _, log = block_sum_job(tmp_path / "b", monkeypatch, "--max-iterations", "5", "--resident",
+                                "--local-nodes", "2", "--kill-daemon-at", "3:120")
+    job.options.quiet = False
+    t0 = time.monotonic()
+    out = job.iterate()
+    assert time.monotonic() - t0 < 180
+    killed = int(Path(str(log) + ".daemon-killed").read_text())
+    assert not Path(f"/proc/{killed}").exists() or "Z" in Path(f"/proc/{killed}/stat").read_text().split(")")[-1][:3]
+    assert out.loop_data.tobytes() == expected.tobytes()
+    assert any("restarted from the last finished iteration" in n for n in out.notices), out.notices
+    assert "resume: continuing at iteration" in capsys.readouterr().err
+
+
 def test_resident_fails_at_once_when_tasks_cannot_all_start(tmp_path, monkeypatch, no_orphan_daemons):
     from hcollectives.driver import resident
 

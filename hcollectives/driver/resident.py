@@ -21,19 +21,27 @@ of them), so a resident run never waits for a slot:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
+import secrets
 import sys
 
 import trio
 
-from .loop import IterativeDriver
+from ..errors import JobFailed
+from .loop import IterativeDriver, LoopResult, _end_session_processes, _first_error
 
 log = logging.getLogger(__name__)
 
 # How often a local-runner task is tried in all (Hadoop's mapreduce.map.maxattempts default).
 MAX_ATTEMPTS = 4
+# How often a run whose node daemon was lost starts again from its last finished iteration.
+MAX_RESTARTS = 2
+# Failures that a restart can cure: a daemon (node) lost, or the job's tasks gone.
+# Bad input, bad mapper output, a timeout or the job's own code failing would fail again.
+_RESTARTABLE = ("node daemon ", "the resident job ended")
 
 
 class ResidentDriver(IterativeDriver):
@@ -48,6 +56,41 @@ class ResidentDriver(IterativeDriver):
         self.start_timeout = start_timeout
         self._resident_done: trio.Event | None = None
         self._resident_first: int | None = None
+
+    async def _main(self, tmp: str) -> LoopResult:
+        """The base class's run; after a lost daemon, a new session from the last finished iteration.
+
+        A daemon takes its node's contributions and its place in the collective
+        with it. Rather than patch a running iteration around the hole, the
+        run starts over as --resume would: a new session (coordinator, daemons,
+        one new resident job) from the loop data the driver saved after the
+        last iteration it finished -- the same bits an undisturbed run computes.
+        """
+        notices: list[str] = []
+        keeps_store = bool(self.options.checkpoint_uri or not self.options.temporary_store)
+        for restart in range(MAX_RESTARTS + 1):
+            try:
+                result = await super()._main(tmp)
+                result.notices[:0] = notices
+                return result
+            except (JobFailed, BaseExceptionGroup) as exc:
+                # (a JobFailed raised inside the loop's nursery arrives in a group)
+                error = _first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+                failure = getattr(getattr(self, "coordinator", None), "failure", None) or ""
+                if (not isinstance(error, JobFailed) or restart == MAX_RESTARTS or not keeps_store
+                        or not failure.startswith(_RESTARTABLE)):
+                    raise
+                note = f"restarted from the last finished iteration after: {failure}"
+            notices.append(note)
+            self._say(f"hcollectives: {note}")
+            if self.options.share_rundir:  # what is left of the old session on this machine
+                await trio.to_thread.run_sync(_end_session_processes, self.session, 2.0)
+            self.session = secrets.token_hex(8)
+            self.rundir = os.path.join(tmp, f"run-{restart + 1}")
+            os.mkdir(self.rundir)
+            self.options = dataclasses.replace(self.options, resume=True)
+            self._resident_done = self._resident_first = None
+        raise AssertionError("unreachable")
 
     def _launch(self, i: int) -> None:
         if i > self.options.max_iterations:

@@ -7,6 +7,7 @@ counted twice or missed in any iteration shows. Each mapper_block call appends
 --bad-row K      mapper_block emits NaN from the split holding row K (first number K)
 --die-at I:K     (resident tests) the first attempt of the task holding row K
                  kills itself with SIGKILL at iteration I, once ($BLOCK_LOG.died marks it)
+--kill-daemon-at I:K  likewise, but kills its node's daemon ($BLOCK_LOG.daemon-killed marks it)
 """
 
 import os
@@ -24,6 +25,7 @@ class MRBlockSum(MRCollectiveJob):
         super().configure_args()
         self.add_passthru_arg("--bad-row", type=float, default=None)
         self.add_passthru_arg("--die-at", default=None)
+        self.add_passthru_arg("--kill-daemon-at", default=None)
 
     def parse_input(self, line):
         return np.array(line.split(), float) if line.strip() else None
@@ -39,6 +41,16 @@ class MRBlockSum(MRCollectiveJob):
             if iteration == at and row in rows[:, 0] and not os.path.exists(marker):
                 open(marker, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
+        if self.options.kill_daemon_at:
+            from hcollectives.services.rendezvous import node_dir
+
+            at, row = (float(v) for v in self.options.kill_daemon_at.split(":"))
+            marker = os.environ["BLOCK_LOG"] + ".daemon-killed"
+            if iteration == at and row in rows[:, 0] and not os.path.exists(marker):
+                env = self._hc_task.env
+                pid = int((node_dir(env.rundir, env.node) / "pid").read_text())
+                open(marker, "w").write(str(pid))
+                os.kill(pid, signal.SIGKILL)
         total = np.append(rows.sum(0), len(rows))
         if self.options.bad_row is not None and self.options.bad_row in rows[:, 0]:
             total[0] = np.nan
