@@ -136,7 +136,7 @@ class ResidentDriver(IterativeDriver):
                                    + (f": {error}" if error else " (its tasks exited)"))
 
     def _task_env(self, i: int) -> dict[str, str]:
-        from ..jobs.resident_task import LAST_ENV, RESIDENT_ENV, STORE_ENV
+        from ..launch.resident_env import LAST_ENV, RESIDENT_ENV, STORE_ENV
 
         env = super()._task_env(i)
         env[RESIDENT_ENV] = "1"

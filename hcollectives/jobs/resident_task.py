@@ -24,34 +24,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..algorithms.reduction import Accumulator
+from ..launch.resident_env import LAST_ENV, STORE_ENV, attempt_number, is_resident  # noqa: F401 -- re-exported
 from ..protocol import messages as m
-from ..services.task import ENV_PREFIX, IterationStopped, TaskEnv
+from ..services.task import IterationStopped, TaskEnv
 from .map_task import MapTask
 
 if TYPE_CHECKING:
     from .mrjob_job import MRCollectiveJob
-
-RESIDENT_ENV = ENV_PREFIX + "RESIDENT"  # "1": this task runs the whole loop
-LAST_ENV = ENV_PREFIX + "LAST_ITERATION"  # the task stops after contributing to it
-STORE_ENV = ENV_PREFIX + "STORE"  # where a retried attempt finds the last finished iteration
-
-
-def is_resident(env: dict[str, str] | os._Environ = os.environ) -> bool:
-    return env.get(RESIDENT_ENV) == "1"
-
-
-def attempt_number(attempt: str) -> int:
-    """Hadoop's attempt ids end in _<n> (0 for the first attempt of a task)."""
-    found = re.search(r"_(\d+)$", attempt)
-    return int(found.group(1)) if found else 0
-
 
 def rejoin_iteration(env: TaskEnv, environ=os.environ) -> int:
     """Where this attempt starts: the job's first iteration, or for a retried
