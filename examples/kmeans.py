@@ -25,8 +25,11 @@ class MRKMeans(MRCollectiveJob):
     def parse_input(self, line):
         return np.array(line.split(), float)
 
+    def mapper_init(self):
+        self.centroids = self.loop_data()  # --initial, or the last post_process result
+
     def mapper_block(self, rows):  # rows: the split, one point per row (read-only)
-        c = self.loop_data()
+        c = self.centroids
         # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is the same for every
         # centroid, so the argmin only needs the last two terms (one matrix product).
         labels = (rows @ (-2.0 * c.T) + (c * c).sum(1)).argmin(1)

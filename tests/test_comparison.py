@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 def kmeans_comparison(tmp_path_factory):
     data = datagen.kmeans(str(tmp_path_factory.mktemp("cmp")), points=800, dims=3, clusters=3, splits=3, seed=2)
     return compare("kmeans", inputs=data.inputs, initial=data.initial, iterations=3,
-                   ways=["vanilla", "hcollectives"], runner_args=runner_args("local"), local_nodes=2, stream=None)
+                   ways=["vanilla", "hcollectives", "resident"], runner_args=runner_args("local"), local_nodes=2,
+                   stream=None)
 
 
 def test_both_ways_give_the_same_centroids_and_a_speedup_figure(kmeans_comparison):
@@ -45,6 +46,28 @@ def test_every_iterations_breakdown_adds_up_to_its_time_and_saw_the_tasks(kmeans
     assert kmeans_comparison["vanilla"]["breakdown_mean_s"]["comm_reduction"] > 0.1
 
 
+def test_a_resident_iterations_breakdown_adds_up_and_shows_compute_and_collective(kmeans_comparison):
+    from hcollectives.bench.breakdown import RESIDENT_PARTS
+
+    res = kmeans_comparison["resident"]
+    assert res["max_rel_diff_vs_vanilla"] < 1e-12
+    for i, seconds in enumerate(res["per_iteration_s"], 1):
+        parts = res["breakdown_per_iteration_s"][str(i)]
+        assert set(parts) == set(RESIDENT_PARTS)
+        assert sum(parts.values()) == pytest.approx(seconds, abs=2e-3)
+        if i > 1:  # the resident tasks' own phases were traced in every later iteration
+            assert parts["compute"] > 0 and parts["collective"] > 0 and parts["task_reduction"] > 0, (i, parts)
+
+
+def test_a_way_that_cannot_run_here_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    from hcollectives.bench import spark_bench
+
+    monkeypatch.setattr(spark_bench, "spark_unavailable", lambda: "no Java runtime (test)")
+    out = compare("kmeans", inputs=[], initial="", iterations=3, ways=["spark"], runner_args=runner_args("local"),
+                  local_nodes=1, stream=None)
+    assert out == {"spark": {"label": "PySpark MLlib KMeans.train", "skipped": "no Java runtime (test)"}}
+
+
 def test_trace_args_run_tasks_under_the_tracer_and_bad_files_are_skipped(tmp_path):
     args = trace_args(str(tmp_path))
     assert args[0] == "--task-python-bin" and "hcollectives.launch.task_trace" in args[1]
@@ -62,6 +85,9 @@ def test_demo_tables_and_chart(kmeans_comparison, tmp_path):
     chart = tmp_path / "chart.png"
     write_chart(results, str(chart))
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
+    assert "hcollectives --resident" in text and "task-level reduction" in text
+    resident_chart = tmp_path / "chart-resident.png"
+    assert resident_chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and resident_chart.stat().st_size > 10_000
 
 
 def test_hadoop_runner_without_a_cluster_is_a_clear_error(monkeypatch, tmp_path):

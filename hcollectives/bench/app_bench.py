@@ -32,13 +32,14 @@ from .comparison import compare
 
 # Which hcollectives variants each application is measured in, besides plain mrjob.
 APP_WAYS = {
-    "kmeans": ["vanilla", "hcollectives", "no_speculative", "no_fork_server"],
-    "mds": ["vanilla", "hcollectives", "no_speculative", "no_input_cache", "no_fork_server"],
+    "kmeans": ["vanilla", "hcollectives", "no_speculative", "no_fork_server", "records", "resident", "spark"],
+    "mds": ["vanilla", "hcollectives", "no_speculative", "no_input_cache", "no_fork_server", "resident"],
 }
 # On a cluster the fork server is opt-in and mrjob's HDFS calls are the other lever.
 HADOOP_WAYS = {
-    "kmeans": ["vanilla", "hcollectives", "no_speculative", "hadoop_fs_client", "fork_server"],
-    "mds": ["vanilla", "hcollectives", "no_speculative", "no_input_cache", "hadoop_fs_client", "fork_server"],
+    "kmeans": ["vanilla", "hcollectives", "no_speculative", "hadoop_fs_client", "fork_server", "resident"],
+    "mds": ["vanilla", "hcollectives", "no_speculative", "no_input_cache", "hadoop_fs_client", "fork_server",
+            "resident"],
 }
 
 

@@ -124,4 +124,75 @@ def mean_parts(per_iteration: Mapping[int, Mapping[str, float]], skip_first: boo
     items = [v for i, v in sorted(per_iteration.items())]
     if skip_first and len(items) > 1:
         items = items[1:]
-    return {p: sum(v[p] for v in items) / len(items) for p in PARTS} if items else dict.fromkeys(PARTS, 0.0)
+    if not items:
+        return dict.fromkeys(PARTS, 0.0)
+    parts = list(items[0])  # PARTS, or RESIDENT_PARTS for a resident run
+    return {p: sum(v[p] for v in items) / len(items) for p in parts}
+
+
+# -- resident runs: one task process runs every iteration ---------------------------------------
+
+#: Where a resident iteration's time goes (each instant shared among the tasks, as above):
+#:   waiting         a task waits for its loop data: for the other tasks to finish, or for
+#:                   its node's post_process (run by another task); no task is busy
+#:   post_process    the node's post_process (run once per node, by the task holding the lease)
+#:   compute         the mapper (mapper_block, or mapper over the kept records)
+#:   task_reduction  validating and combining the emitted pairs inside the task
+#:   collective      handing the block to the daemon (claim) and, after the last task's
+#:                   contribution, the AllReduce / AllGather between daemons until the result
+RESIDENT_PARTS = ("waiting", "post_process", "compute", "task_reduction", "collective")
+
+
+def resident_intervals(phase: Mapping) -> list[Interval]:
+    """One resident task's iteration (jobs/resident_task.py's phase record) as labelled intervals."""
+    start, contributed = phase.get("start"), phase.get("contributed")
+    if start is None or contributed is None:
+        return []
+    ready = phase.get("loop_data", start)
+    post = min(max(phase.get("post_process_s", 0.0), 0.0), max(ready - start, 0.0))
+    mapped = phase.get("mapped", contributed)
+    span = mapped - ready
+    reduce_share = min(max(phase.get("reduce_s", 0.0), 0.0) / span, 1.0) if span > 0 else 0.0
+    out = [(start, ready - post, {"waiting": 1.0}), (ready - post, ready, {"post_process": 1.0}),
+           (ready, mapped, {"compute": 1 - reduce_share, "task_reduction": reduce_share}),
+           (mapped, contributed, {"collective": 1.0})]
+    return [(a, b, {k: v for k, v in w.items() if v > 0}) for a, b, w in out if b > a]
+
+
+def resident_breakdown(records: Iterable[Mapping],
+                       windows: Iterable[tuple[int, float, float]]) -> dict[int, dict[str, float]]:
+    """Per iteration i with window (i, start, stop) (previous result to i's result): RESIDENT_PARTS.
+
+    Only iteration i's phases of each task count in i's window (a task that
+    contributed and already waits for i+1's loop data is waiting for i's
+    collective); time when no task is busy counts as waiting before the last
+    task's contribution and as the collective after it.
+    """
+    phases: dict[int, list[Mapping]] = defaultdict(list)
+    for rec in records:
+        for phase in rec.get("resident") or ():
+            phases[int(phase.get("i", 0))].append(phase)
+    out = {}
+    for i, start, stop in windows:
+        parts = dict.fromkeys(RESIDENT_PARTS, 0.0)
+        out[i] = parts
+        if stop <= start:
+            continue
+        last_contribution = max((p["contributed"] for p in phases.get(i, []) if "contributed" in p), default=start)
+        intervals = []
+        for phase in phases.get(i, []):
+            for a, b, w in resident_intervals(phase):
+                a, b = max(a, start), min(b, stop)
+                if b > a and w and not set(w) <= {"waiting"}:  # waiting is what idle time is
+                    intervals.append((a, b, w))
+        edges = sorted({start, stop, *(a for a, _, _ in intervals), *(b for _, b, _ in intervals)})
+        for left, right in zip(edges, edges[1:]):
+            width = right - left
+            active = [w for a, b, w in intervals if a <= left and b >= right]
+            if active:
+                for weights in active:
+                    for part, share in weights.items():
+                        parts[part] += width * share / len(active)
+            else:
+                parts["collective" if left >= last_contribution else "waiting"] += width
+    return out

@@ -50,12 +50,19 @@ class Way:
     options: tuple[str, ...] = ()
     fork_server: bool = True  # hcollectives' default task start on the local runner
     env: tuple[tuple[str, str], ...] = ()  # set in the driver's environment for this way's run
+    module: str | None = None  # another example than the app's own (same class name), e.g. kmeans_records
+    spark: bool = False  # not hcollectives at all: PySpark MLlib (spark_bench.py)
 
 
 WAYS = {
     "vanilla": Way("vanilla", "plain mrjob (one job per iteration)", vanilla=True),
     "hcollectives": Way("hcollectives", "hcollectives"),
     "no_speculative": Way("no_speculative", "hcollectives --no-speculative", options=("--no-speculative",)),
+    "records": Way("records", "hcollectives, a mapper call per record (examples/kmeans_records.py)",
+                   module="kmeans_records"),
+    "resident": Way("resident", "hcollectives --resident (mapper_block, one job for the whole loop)",
+                    options=("--resident",)),
+    "spark": Way("spark", "PySpark MLlib KMeans.train", spark=True),
     "no_input_cache": Way("no_input_cache", "hcollectives --no-input-cache", options=("--no-input-cache",)),
     "no_fork_server": Way("no_fork_server", "hcollectives, HCOLLECTIVES_ZYGOTE=0 (every task a fresh Python)",
                           fork_server=False),
@@ -81,10 +88,13 @@ class WayResult:
 
     def summary(self) -> dict[str, Any]:
         steady = self.per_iteration_s[1:] or self.per_iteration_s  # the first also pays the first job's start-up
+        # Iterations 3.. (the Spark comparison's window: Spark's marginal is (13 - 3) / 10)
+        late = self.per_iteration_s[2:] or steady
         return {
             "label": self.way.label,
             "per_iteration_s": [round(t, 4) for t in self.per_iteration_s],
             "steady_median_s": round(statistics.median(steady), 4),
+            "median_from_iteration_3_s": round(statistics.median(late), 4),
             "steady_mean_s": round(statistics.fmean(steady), 4),
             "wall_s": round(self.wall_s, 3),
             "breakdown_mean_s": {k: round(v, 4) for k, v in bd.mean_parts(self.parts).items()},
@@ -130,6 +140,8 @@ def _run_way(app: App, way: Way, trace_dir: str, *, inputs: list[str], initial: 
     from ..driver.mrjob_launcher import use_task_fork_server
 
     runner = runner_args[runner_args.index("-r") + 1] if "-r" in runner_args else "inline"
+    if way.spark:
+        return _run_spark(way, inputs=inputs, initial=initial, iterations=iterations)
     fork_server = not way.vanilla and way.fork_server and use_task_fork_server(runner)
     args = [*runner_args, *trace_args(trace_dir, wrap=not fork_server)]
     t0 = time.time()
@@ -143,7 +155,7 @@ def _run_way(app: App, way: Way, trace_dir: str, *, inputs: list[str], initial: 
         tail, by_iteration = "cleanup", False
         events = {}
     else:
-        cls = getattr(load_example(app.collective_module), app.collective_class)
+        cls = getattr(load_example(way.module or app.collective_module), app.collective_class)
         job = cls(args=[*args, *([] if stream is not None else ["-q"]), "--initial", initial, "--max-iterations", str(iterations),
                         "--tolerance", "0", "--local-nodes", str(local_nodes), *way.options, *inputs])
         outcome = job.iterate()
@@ -151,8 +163,32 @@ def _run_way(app: App, way: Way, trace_dir: str, *, inputs: list[str], initial: 
         tail, by_iteration = "comm_reduction", True
         events = {t.iteration: dict(t.events) for t in outcome.timings}
     wall = time.time() - t0
-    parts = bd.breakdown(read_traces(trace_dir), windows, tail=tail, by_iteration=by_iteration)
+    if "--resident" in way.options:
+        parts = bd.resident_breakdown(read_traces(trace_dir), windows)
+    else:
+        parts = bd.breakdown(read_traces(trace_dir), windows, tail=tail, by_iteration=by_iteration)
     return WayResult(way, list(times), parts, np.asarray(loop_data), wall, events=events)
+
+
+class SkippedWay(Exception):
+    """This way cannot run here (e.g. no pyspark or Java); the reason goes in the report."""
+
+
+def _run_spark(way: Way, *, inputs: list[str], initial: str, iterations: int) -> WayResult:
+    from . import spark_bench
+
+    reason = spark_bench.spark_unavailable()
+    if reason:
+        raise SkippedWay(reason)
+    low = min(3, iterations - 1)
+    if low < 1:
+        raise SkippedWay("the spark way needs --iterations 2 or more (its time per iteration is a marginal)")
+    t0 = time.time()
+    out = spark_bench.kmeans_marginal(inputs, initial, low=low, high=iterations)
+    marginal = out["marginal_per_iteration_s"]
+    result = WayResult(Way(way.key, out["label"], spark=True), [marginal], {}, out["loop_data"], time.time() - t0)
+    result.notes.append(f"seconds for {low} and {iterations} iterations: {out['seconds']}")
+    return result
 
 
 def compare(app_key: str, *, inputs: list[str], initial: str, iterations: int, ways: list[str],
@@ -160,14 +196,29 @@ def compare(app_key: str, *, inputs: list[str], initial: str, iterations: int, w
     """Run *ways* of *app_key* one after the other; JSON-ready results with speedups vs vanilla."""
     app = APPS[app_key]
     results: dict[str, WayResult] = {}
+    skipped: dict[str, dict[str, str]] = {}
     for key in ways:
         way = WAYS[key]
         if stream is not None:
             print(f"{app.name}: {way.label}, {iterations} iterations"
                   + ("" if way.vanilla else f", {local_nodes} simulated node(s)"), file=stream, flush=True)
-        results[key] = run_way(app, way, inputs=inputs, initial=initial, iterations=iterations,
-                               runner_args=runner_args, local_nodes=local_nodes, stream=stream)
-    out: dict[str, Any] = {key: r.summary() for key, r in results.items()}
+        try:
+            results[key] = run_way(app, way, inputs=inputs, initial=initial, iterations=iterations,
+                                   runner_args=runner_args, local_nodes=local_nodes, stream=stream)
+        except SkippedWay as exc:
+            skipped[key] = {"label": way.label, "skipped": str(exc)}
+            if stream is not None:
+                print(f"{app.name}: skipped {way.label}: {exc}", file=stream, flush=True)
+    out: dict[str, Any] = {key: r.summary() | ({"notes": r.notes} if r.notes else {}) for key, r in results.items()}
+    out.update(skipped)
+    if "spark" in results:
+        for key, r in results.items():
+            if key != "spark":
+                out[key]["vs_spark_marginal"] = round(out[key]["median_from_iteration_3_s"]
+                                                      / out["spark"]["median_from_iteration_3_s"], 3)
+                scale = max(float(np.abs(results["spark"].loop_data).max()), 1.0)
+                out[key]["max_rel_diff_vs_spark"] = float(np.abs(r.loop_data - results["spark"].loop_data).max()
+                                                          / scale)
     if "vanilla" in results:
         base = results["vanilla"]
         for key, r in results.items():

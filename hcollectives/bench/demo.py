@@ -18,11 +18,13 @@ import tempfile
 from typing import Any
 
 from .app_bench import add_data_arguments, make_data, quiet_mrjob, runner_args
-from .breakdown import PARTS
+from .breakdown import PARTS, RESIDENT_PARTS
 from .comparison import APPS, compare
 
 PART_LABELS = {"scheduling": "scheduling", "data_load": "data load", "compute": "compute",
                "map_overhead": "map overhead", "comm_reduction": "comm + reduction", "cleanup": "cleanup"}
+RESIDENT_LABELS = {"waiting": "waiting", "post_process": "post_process", "compute": "compute",
+                   "task_reduction": "task-level reduction", "collective": "collective"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"\n== {APPS[app].name}: {described}, {args.iterations} iterations, mrjob local runner",
                   file=sys.stderr)
             results[app] = compare(app, inputs=data.inputs, initial=data.initial, iterations=args.iterations,
-                                   ways=["vanilla", "hcollectives"], runner_args=runner_args("local"),
+                                   ways=["vanilla", "hcollectives", "resident"], runner_args=runner_args("local"),
                                    local_nodes=args.local_nodes, stream=sys.stderr)
             results[app]["data"] = described
     print()
@@ -77,6 +79,16 @@ def render_tables(results: dict[str, Any]) -> str:
             parts = w["breakdown_mean_s"]
             lines.append(f"| {label} | " + " | ".join(f"{parts[p]:.2f}" for p in PARTS)
                          + f" | {sum(parts.values()):.2f} |")
+        if "resident" in r and "breakdown_mean_s" in r["resident"]:
+            res = r["resident"]
+            parts = res["breakdown_mean_s"]
+            lines += ["", f"hcollectives --resident (one job for the loop): median {res['steady_median_s']:.2f} s "
+                          f"per iteration, **{res['speedup_vs_vanilla']:.1f}x** plain mrjob; where its time goes "
+                          "(mean seconds per iteration, 2..):", "",
+                      "| | " + " | ".join(RESIDENT_LABELS[p] for p in RESIDENT_PARTS) + " | total |",
+                      "|---|" + "---:|" * (len(RESIDENT_PARTS) + 1),
+                      "| resident | " + " | ".join(f"{parts[p]:.3f}" for p in RESIDENT_PARTS)
+                      + f" | {sum(parts.values()):.3f} |"]
         lines.append("")
     return "\n".join(lines)
 
@@ -111,6 +123,39 @@ def write_chart(results: dict[str, Any], path: str) -> None:
         ax.set_xticks(range(1, n + 1))
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(PARTS), frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    resident = {app: r["resident"] for app, r in results.items() if "breakdown_per_iteration_s" in r.get("resident", {})}
+    if resident:
+        write_resident_chart(resident, path.replace(".png", "-resident.png") if path.endswith(".png")
+                             else path + "-resident.png")
+
+
+def write_resident_chart(resident: dict[str, Any], path: str) -> None:
+    """Stacked bars per iteration of the resident runs: waiting, post_process, compute,
+    task-level reduction, collective."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(RESIDENT_PARTS, ("#9e9e9e", "#b07aa1", "#59a14f", "#f28e2b", "#e15759")))
+    fig, axes = plt.subplots(1, len(resident), figsize=(6.5 * len(resident), 4.5), squeeze=False)
+    for ax, (app, r) in zip(axes[0], resident.items()):
+        per = r["breakdown_per_iteration_s"]
+        iterations = sorted(int(i) for i in per)[1:]  # the first also starts the job and parses the input
+        bottom = [0.0] * len(iterations)
+        for part in RESIDENT_PARTS:
+            values = [per[str(i)][part] for i in iterations]
+            ax.bar(iterations, values, 0.6, bottom=bottom, color=colors[part], edgecolor="white", linewidth=0.5,
+                   label=RESIDENT_LABELS[part])
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_title(f"{APPS[app].name}, --resident: where an iteration goes")
+        ax.set_xlabel("iteration (the first, with job start and parsing, left out)")
+        ax.set_ylabel("seconds")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(RESIDENT_PARTS), frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

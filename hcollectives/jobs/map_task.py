@@ -8,6 +8,7 @@ records the mapper emitted.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ class MapTask:
         self.client = TaskClient(env)
         self.acc = Accumulator(collective.op if collective.name == "allreduce" else None)
         self.records = 0
+        self.reduce_s = 0.0  # seconds in add(): the task-level reduction (the resident breakdown shows it)
 
     def collect_all(self, pairs: Iterable | None, origin: str, source: Any = None) -> tuple:
         for key, value in pairs or ():
@@ -39,11 +41,14 @@ class MapTask:
 
     def add(self, key: Any, value: Any, origin: str, source: Any = None) -> None:
         """Add one emitted pair; *origin*/*source* only serve the error message."""
+        started = time.perf_counter()
         try:
             self.acc.add(key, to_vector(value, allow_nonfinite=self.collective.allow_nonfinite))
         except BadMapperOutput as exc:
             where = origin if source is None else f"{origin} ({source!r:.120})"
             raise type(exc)(f"{self.env.describe()}: {where} emitted ({key!r:.60}, {value!r:.120}): {exc}") from None
+        finally:
+            self.reduce_s += time.perf_counter() - started
 
     def finish(self) -> bool:
         """Hand the task's block to the daemon; True if this attempt counts."""

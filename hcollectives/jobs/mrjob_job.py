@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -176,6 +177,7 @@ class MRCollectiveJob(MRJob):
             raise ConfigurationError("loop_data() is only available inside a map task run by hcollectives")
         if self._hc_loop_data is None:
             self._hc_loop_data = task.client.loop_data(self._hc_lease)
+            self._hc_times["loop_data"] = time.time()
         return self._hc_loop_data
 
     def _hc_post_process(self, result: Block, previous: np.ndarray) -> np.ndarray:
@@ -186,7 +188,9 @@ class MRCollectiveJob(MRJob):
             self._hc_previous = None
 
     def _hc_lease(self, result: Block, previous: np.ndarray) -> tuple[np.ndarray, bool]:
+        started = time.perf_counter()
         current = self._hc_post_process(result, previous)
+        self._hc_times["post_process_s"] = time.perf_counter() - started
         return current, bool(self.converged(previous, current))
 
     def run_mapper(self, step_num: int = 0) -> None:
@@ -199,6 +203,7 @@ class MRCollectiveJob(MRJob):
         env = TaskEnv.from_environ()
         self._hc_task = MapTask(env, self.COLLECTIVE)
         self._hc_loop_data = None
+        self._hc_times: dict[str, float] = {}  # this iteration's phases (the resident breakdown)
         if resident_task.is_resident():
             run_task(self._hc_task, lambda: self._hc_run_resident(step_num))
         elif self.parse_input is None:
@@ -238,12 +243,28 @@ class MRCollectiveJob(MRJob):
 
     def run_block(self, rows: np.ndarray) -> None:
         """One iteration of a block mapper: mapper_init, mapper_block(rows), mapper_final."""
+        from ..launch import task_trace
+
+        # Traced like a record mapper's map_pairs (launch/task_trace.py), which this
+        # path does not call; a resident task traces its own phases instead.
+        trace = task_trace.tracing() and not resident_task.is_resident()
+        if trace:
+            task_trace.note("kind", "map")
+            task_trace.note("iteration", self._hc_task.env.iteration)
+            task_trace.note("body", time.time())
+            task_trace.note("reading", 0.0)
         self._hc_mapper_init()
+        ready = time.time()
         task = self._hc_task
         task.records += len(rows)
         if len(rows):  # an empty split has no row width to show; a record mapper would not run either
             task.collect_all(self.mapper_block(rows), f"mapper_block over {len(rows)} row(s)")
+        if trace:  # loop data asked for inside mapper_block: the mapping starts once it is there
+            task_trace.note("ready", max(ready, self._hc_times.get("loop_data", ready)))
+            task_trace.note("records", time.time())
         self._hc_mapper_final()
+        if trace:
+            task_trace.note("end", time.time())
 
     def _hc_mapper_init(self):
         user = _user_method(self, "mapper_init")
@@ -260,6 +281,7 @@ class MRCollectiveJob(MRJob):
     def _hc_mapper_final(self):
         user = _user_method(self, "mapper_final")
         out = self._hc_task.collect_all(user() if user else None, "mapper_final")
+        self._hc_times["mapped"] = time.time()
         self._hc_task.finish()
         return out
 

@@ -69,6 +69,14 @@ def run_resident(job: "MRCollectiveJob", task: MapTask, iteration_body: Callable
     announced = task.env.iteration  # client.start() sent TaskStarted for it with the connection
     done = 0
     i = first
+    # Each iteration's phases, for the resident breakdown (bench/breakdown.py); only
+    # kept when this process is traced, so memory stays flat over any number of iterations.
+    phases: list[dict[str, float]] = []
+    if task_trace.tracing():
+        task_trace.note("kind", "resident")
+        task_trace.note("resident", phases)
+    else:
+        phases = _Discard()
     while last is None or i <= last:
         env = dataclasses.replace(task.env, iteration=i)
         task.env = client.env = env
@@ -79,15 +87,24 @@ def run_resident(job: "MRCollectiveJob", task: MapTask, iteration_body: Callable
             client._send(m.TaskStarted(env.session, i, env.task, env.attempt, env.num_tasks, env.node,
                                        env.coordinator))
         job._hc_loop_data = None
-        started = time.time()
+        job._hc_times = times = {"start": time.time()}
+        task.reduce_s = 0.0
         try:
             iteration_body()
         except IterationStopped:
             break
-        task_trace.note(f"iteration_{i}", [started, time.time()])
+        times.update(i=i, contributed=time.time(), reduce_s=task.reduce_s)
+        phases.append(times)
         done += 1
         report(f"reporter:status:hcollectives: iteration {i} contributed")
         report("reporter:counter:hcollectives,iterations,1")
         i += 1
     return done
 
+
+
+class _Discard(list):
+    """A list that keeps nothing (phases of an untraced task)."""
+
+    def append(self, item: object) -> None:
+        pass

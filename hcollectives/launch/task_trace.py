@@ -55,6 +55,11 @@ def process_start() -> float:
         return time.time()
 
 
+def tracing() -> bool:
+    """Whether this process is traced (notes are kept)."""
+    return _record is not None
+
+
 def note(name: str, value) -> None:
     """Record a phase from inside a task (a no-op unless this process is traced)."""
     if _record is not None:
