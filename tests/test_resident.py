@@ -96,6 +96,24 @@ def test_killed_daemon_restarts_from_the_last_finished_iteration_with_the_same_b
     assert "resume: continuing at iteration" in capsys.readouterr().err
 
 
+def test_a_resident_tasks_memory_stays_flat_over_many_iterations(tmp_path, monkeypatch, no_orphan_daemons):
+    rss_log = tmp_path / "rss.log"
+    monkeypatch.setenv("RSS_LOG", str(rss_log))
+    # Bigger splits than the other tests: the kept rows must be held once, not once per iteration.
+    job, rows, _ = block_sum_job(tmp_path, monkeypatch, "--max-iterations", "80", "--resident", lines=5000,
+                                 splits=2)
+    out = job.iterate()
+    np.testing.assert_allclose(out.loop_data, 80 * np.append(rows.sum(0), len(rows)), rtol=1e-9)
+    by_pid = {}
+    for line in rss_log.read_text().splitlines():
+        i, pid, kb = (int(v) for v in line.split())
+        by_pid.setdefault(pid, {})[i] = kb
+    assert by_pid and all(len(seen) == 80 for seen in by_pid.values())  # one process per task, every iteration
+    for seen in by_pid.values():
+        grown = seen[80] - seen[10]
+        assert grown < 2048, f"a resident task grew by {grown} kB from iteration 10 to 80"
+
+
 def test_resident_fails_at_once_when_tasks_cannot_all_start(tmp_path, monkeypatch, no_orphan_daemons):
     from hcollectives.driver import resident
 

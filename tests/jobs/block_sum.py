@@ -7,6 +7,7 @@ counted twice or missed in any iteration shows. Each mapper_block call appends
 --bad-row K      mapper_block emits NaN from the split holding row K (first number K)
 --die-at I:K     (resident tests) the first attempt of the task holding row K
                  kills itself with SIGKILL at iteration I, once ($BLOCK_LOG.died marks it)
+$RSS_LOG (if set) gets "<iteration> <pid> <VmRSS kB>" per call.
 --kill-daemon-at I:K  likewise, but kills its node's daemon ($BLOCK_LOG.daemon-killed marks it)
 """
 
@@ -35,6 +36,11 @@ class MRBlockSum(MRCollectiveJob):
         iteration = self._hc_task.env.iteration  # (resident tasks: the iteration running now)
         with open(os.environ["BLOCK_LOG"], "a") as log:
             log.write(f"{iteration} {os.getpid()} {id(rows)} {int(rows.flags.writeable)} {len(rows)}\n")
+        if os.environ.get("RSS_LOG"):  # the task's resident memory, per iteration
+            with open("/proc/self/status") as status:
+                rss = next(line.split()[1] for line in status if line.startswith("VmRSS:"))
+            with open(os.environ["RSS_LOG"], "a") as log:
+                log.write(f"{iteration} {os.getpid()} {rss}\n")
         if self.options.die_at:
             at, row = (float(v) for v in self.options.die_at.split(":"))
             marker = os.environ["BLOCK_LOG"] + ".died"
