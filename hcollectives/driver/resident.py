@@ -58,6 +58,8 @@ class ResidentDriver(IterativeDriver):
         self.start_timeout = start_timeout
         self._resident_done: trio.Event | None = None
         self._resident_first: int | None = None
+        if getattr(self.launcher, "abandon", None) is not None:
+            self.launcher = _OneJob(self.launcher, self)
 
     async def _main(self, tmp: str) -> LoopResult:
         """The base class's run; after a lost daemon, a new session from the last finished iteration.
@@ -153,6 +155,24 @@ class ResidentDriver(IterativeDriver):
             if name not in os.environ and name not in dict(self.options.extra_env):
                 env[name] = "1"
         return env
+
+
+class _OneJob:
+    """The launcher, with `abandon(i)` (kill iteration i's job after a failure)
+    acting once, on the one job: every iteration's "job" is the resident one."""
+
+    def __init__(self, launcher, driver: ResidentDriver) -> None:
+        self._launcher, self._driver = launcher, driver
+        self._abandoned: set[int | None] = set()
+
+    def run_iteration(self, iteration, env, report) -> None:
+        self._launcher.run_iteration(iteration, env, report)
+
+    def abandon(self, iteration: int) -> None:
+        first = self._driver._resident_first
+        if first not in self._abandoned:
+            self._abandoned.add(first)
+            self._launcher.abandon(first)
 
 
 # -- the local runner, made to run every task at once and to retry a lost one -------------------
