@@ -92,16 +92,9 @@ def test_killed_daemon_restarts_from_the_last_finished_iteration_with_the_same_b
     killed = int(Path(str(log) + ".daemon-killed").read_text())
     assert not Path(f"/proc/{killed}").exists() or "Z" in Path(f"/proc/{killed}/stat").read_text().split(")")[-1][:3]
     assert out.loop_data.tobytes() == expected.tobytes()
-    # Which way the run recovers depends on when the daemon died: holding accepted
-    # contributions of an unfinished iteration, the run starts again from the last
-    # finished iteration (a new session); otherwise the node's retried tasks start a
-    # new daemon and the iteration continues from the store's copies. Either is
-    # announced, and either gives the same bits.
-    restarted = any("restarted from the last finished iteration" in n for n in out.notices)
-    from_store = any("from the store" in n for n in out.notices)
-    assert restarted or from_store, out.notices
-    if restarted:
-        assert "resume: continuing at iteration" in capsys.readouterr().err
+    assert any("restarted from the last finished iteration" in n and "node daemon" in n for n in out.notices), \
+        out.notices
+    assert "resume: continuing at iteration" in capsys.readouterr().err
 
 
 def test_a_resident_tasks_memory_stays_flat_over_many_iterations(tmp_path, monkeypatch, no_orphan_daemons):

@@ -30,7 +30,7 @@ import sys
 
 import trio
 
-from ..errors import JobFailed
+from ..errors import JobFailed, SessionAborted
 from .loop import IterativeDriver, LoopResult, _end_session_processes, _first_error
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class ResidentDriver(IterativeDriver):
             self.coordinator.mark(i, "submitted")
             self._nursery.start_soon(self._run_job, i, self._resident_done)
             self._nursery.start_soon(self._watch_start, i)
+            self._nursery.start_soon(self._watch_daemons)
         # Every iteration's "job" is the resident one: the loop's waits for
         # "iteration i's job is done" wait for it.
         self._launched[i] = self._resident_done
@@ -130,6 +131,32 @@ class ResidentDriver(IterativeDriver):
                 f"map tasks started within --resident-start-timeout {self.start_timeout:g}s: the cluster has "
                 "fewer free task slots than the job has tasks (fewer input splits, more memory or vcores, "
                 "or run without --resident: one job per iteration)")
+
+    async def _watch_daemons(self) -> None:
+        """A daemon that leaves mid-run (killed, its node lost) ends this session.
+
+        Its tasks would come back with a new daemon, but one that missed the
+        collectives under way and could wait for their results forever; the
+        restart in `_main` (from the last finished iteration) is the bounded way
+        back. A daemon counts as gone when its coordinator connection changed,
+        so one that is replaced before we look is not missed.
+        """
+        coord = self.coordinator
+        known: dict[str, object] = {}
+
+        def gone() -> str | None:
+            for node, member in list(known.items()):
+                if coord.nodes.get(node) is not member:
+                    return node
+            known.update(coord.nodes)
+            return None
+
+        try:
+            node = await coord._wait_until(gone)
+        except SessionAborted:
+            return  # the run failed or ended for another reason, reported there
+        if not self._stopping:
+            coord.abort(f"node daemon {node} disconnected during the resident run")
 
     async def _run_job(self, i: int, done: trio.Event) -> None:
         await super()._run_job(i, done)
