@@ -417,3 +417,29 @@ def latest_loop_iteration(store: Store) -> int | None:
 
 def default_checkpoint_uri(tmp_dir: str) -> str:
     return f"file://{os.path.abspath(tmp_dir)}/checkpoints"
+
+
+_ITER_DIR = re.compile(r"iter-([0-9]+)")
+
+
+def prune(store: Store, session: str, *, keep_loop_from: int, keep_iterations_from: int) -> None:
+    """Delete loop data of iterations < *keep_loop_from* and the session's
+    per-iteration pieces and results of iterations < *keep_iterations_from*:
+    a long run's store then holds one resumable iteration, not its history.
+
+    Other sessions' directories (an earlier, interrupted run of a kept
+    ``--checkpoint-uri``) are removed too: nothing reads them once this
+    session has finished an iteration of its own.
+    """
+    for name in store.listdir("loop"):
+        found = _LOOP_NAME.fullmatch(name)
+        if found and int(found.group(1)) < keep_loop_from:
+            store.remove_tree(f"loop/{name}")
+    for other in store.listdir("sessions"):
+        if other != session and _COMPONENT.fullmatch(other):
+            store.remove_tree(f"sessions/{other}")
+    base = f"sessions/{_component('session', session)}"
+    for name in store.listdir(base):
+        found = _ITER_DIR.fullmatch(name)
+        if found and int(found.group(1)) < keep_iterations_from:
+            store.remove_tree(f"{base}/{name}")

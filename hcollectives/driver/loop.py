@@ -252,6 +252,13 @@ class IterativeDriver:
                 self._stopping = True
                 await self._drain_jobs()
                 nursery.cancel_scope.cancel()
+        # The run is over: its pieces and results are of no use to --resume (loop/ and
+        # run.json are); a kept --checkpoint-uri keeps one resumable iteration.
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(store.remove_tree, f"sessions/{self.session}")
+            except HCollectivesError as exc:
+                log.warning("could not remove this run's pieces from %s: %s", store.url, exc)
         result.notices.extend(self._notices())  # late ones too: a fallback may end after the result
         return result
 
@@ -298,6 +305,7 @@ class IterativeDriver:
             fallbacks = f"({len(rec.notices)} store fallback(s))" if rec.notices else ""
             self._say(f"iteration {i:4d}  {timing.seconds:8.3f} s  {'converged' if converged else ''} {fallbacks}".rstrip())
             loop_data = new
+            self._forget_before(i)
             if converged or i >= last:
                 self._stopping = True
                 reason = f"converged after iteration {i}" if converged else f"reached --max-iterations {last}"
@@ -340,8 +348,17 @@ class IterativeDriver:
             await all_done()
 
     def _notices(self) -> list[str]:
-        return [f"iteration {i}: {text}" for i, rec in sorted(self.coordinator.iterations.items())
-                for text in rec.notices]
+        return [f"iteration {i}: {text}" for i, text in self.coordinator.notices]
+
+    def _forget_before(self, i: int) -> None:
+        """Iteration i is finished and i+1's loop data saved: keep nothing older
+        (bounded memory and store over long runs; `--resume` needs only i+1's input)."""
+        self.coordinator.forget_before(i)
+        for k in [k for k, done in self._launched.items() if k < i and done.is_set()]:
+            del self._launched[k]
+            self._job_errors.pop(k, None)
+        for k in [k for k in self._scheduled if k < i]:
+            del self._scheduled[k]
 
     async def _speculate(self, i: int) -> None:
         """Submit i+1 once no task of i can still be waiting for a slot: when all of
@@ -416,6 +433,11 @@ class IterativeDriver:
         store.save_array(st.loop_data_path(i + 1), new)
         store.save_json(st.run_state_path(), {"iteration": i, "converged": converged,
                                               "collective": self.options.collective, "op": self.options.op})
+        # Only now, with i+1's input and the run state safely written, is older loop
+        # data useless to --resume (a crash in between leaves the old files in place).
+        # Pieces and results of i-1 stay: a daemon that was stalled may still be
+        # reading them, and it forgets i-1 only once it sees i+1's seal (node_session).
+        st.prune(store, self.session, keep_loop_from=i + 1, keep_iterations_from=i - 1)
 
     def _say(self, line: str) -> None:
         if self.options.progress:

@@ -31,6 +31,10 @@ from ..transport.trio_channel import Channel, listener_address, open_listeners, 
 
 log = logging.getLogger(__name__)
 
+# Fallback notices kept for the run's summary; beyond this a long, unhealthy
+# run would grow the driver without bound (each is also logged as it comes).
+MAX_NOTICES = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
@@ -87,6 +91,11 @@ class Coordinator:
         self.nodes: dict[str, _Node] = {}
         self.failure: str | None = None
         self.rejected_connections: list[str] = []
+        # Iterations below `floor` are finished and forgotten (bounded state over
+        # long runs): their records are gone, late events about them are ignored.
+        self.floor = config.first_iteration
+        self.sealed_through = config.first_iteration - 1
+        self.notices: list[tuple[int, str]] = []  # every store-fallback notice of the run (capped)
         self._stop: m.Stop | None = None
         self._changed = trio.Event()
         self.record(config.first_iteration).loop_data = initial_loop_data
@@ -96,8 +105,26 @@ class Coordinator:
     def record(self, iteration: int) -> IterationRecord:
         rec = self.iterations.get(iteration)
         if rec is None:
-            rec = self.iterations[iteration] = IterationRecord()
+            rec = IterationRecord()
+            if iteration >= self.floor:  # a late event about a forgotten iteration must not revive it
+                self.iterations[iteration] = rec
         return rec
+
+    def forget_before(self, iteration: int) -> None:
+        """Drop what no later step needs: records of iterations < *iteration*, and the
+        result of *iteration* itself (the driver holds it). Its loop data stays: a
+        daemon started now may still be asked for it (see `_session_info`)."""
+        if iteration <= self.floor:
+            return
+        self.floor = iteration
+        for old in [i for i in self.iterations if i < iteration]:
+            del self.iterations[old]
+        rec = self.iterations.get(iteration)
+        if rec is not None:
+            rec.result = None
+            rec.claims.clear()
+            rec.layouts.clear()
+            rec.started.clear()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -166,10 +193,9 @@ class Coordinator:
 
     def _session_info(self) -> m.SessionInfo:
         c = self.config
-        sealed = [i for i, rec in self.iterations.items() if rec.sealed]
         return m.SessionInfo(c.session, c.collective, c.op, c.fanout, c.checkpoint_uri,
                              float(c.fallback_timeout), c.first_iteration, c.allow_nonfinite,
-                             max(sealed, default=c.first_iteration - 1))
+                             self.sealed_through)
 
     def _members(self) -> m.Members:
         names = sorted(self.nodes)
@@ -206,7 +232,10 @@ class Coordinator:
                 rec.mark("all_nodes_have_result")
                 self._notify()
         elif isinstance(event, m.Notice):
-            self.record(event.iteration).notices.append(f"{event.node}: {event.message}")
+            text = f"{event.node}: {event.message}"
+            self.record(event.iteration).notices.append(text)
+            if len(self.notices) < MAX_NOTICES:
+                self.notices.append((event.iteration, text))
         elif isinstance(event, m.NodeError):
             self.abort(f"node {event.node}: {event.message}")
         elif isinstance(event, m.Result):
@@ -223,7 +252,9 @@ class Coordinator:
     def _claim(self, claim: m.Claim) -> m.ClaimResult:
         rec = self.record(claim.iteration)
         held = rec.claims.get(claim.task)
-        if held is None and not rec.sealed:
+        if claim.iteration < self.floor:
+            accepted = False  # the iteration is over; a late attempt cannot count
+        elif held is None and not rec.sealed:
             rec.claims[claim.task] = (claim.attempt, claim.node)
             rec.layouts[claim.task] = claim.layout
             accepted = True
@@ -244,6 +275,7 @@ class Coordinator:
         if rec.sealed or rec.num_tasks is None or len(rec.claims) < rec.num_tasks:
             return
         rec.sealed = True
+        self.sealed_through = max(self.sealed_through, iteration)
         rec.mark("sealed")
         members = self._members()
         pieces = [[task, attempt, node] for task, (attempt, node) in sorted(rec.claims.items())]

@@ -63,6 +63,7 @@ class _Iteration:
     converged_before: bool = False  # iteration-1 converged: this one must not run
     lease_held: bool = False
     asked_coordinator: bool = False
+    scope: trio.CancelScope | None = None  # this iteration's collective, cancelled when forgotten
 
 
 class NodeSession:
@@ -91,14 +92,38 @@ class NodeSession:
         self._peer_locks: dict[str, trio.Lock] = {}
         self._changed = trio.Event()
         self.pool: BufferPool | None = None  # the daemon's receive buffers (ring chunks go back to it)
+        # Bounded state: the highest iteration sealed that we know of, and the
+        # floor below which iterations are forgotten (see `_forget_before`).
+        self.sealed_max = 0
+        self.floor = 0
 
     # -- plumbing -------------------------------------------------------------------------
 
     def it(self, iteration: int) -> _Iteration:
         state = self.iterations.get(iteration)
         if state is None:
-            state = self.iterations[iteration] = _Iteration()
+            state = _Iteration()
+            if iteration >= self.floor:  # late messages about a forgotten iteration go nowhere
+                self.iterations[iteration] = state
         return state
+
+    def _saw_seal(self, iteration: int) -> None:
+        """Seal of *iteration* seen: every task of it had its loop data, so
+        iteration-1 is finished (at some node) and nothing older is needed here.
+        The driver keeps the store's pieces of an iteration until a seal two
+        iterations later (driver/loop.py), so a stalled daemon catching up on
+        these seals never looks for a file already removed."""
+        self.sealed_max = max(self.sealed_max, iteration)
+        floor = iteration - 1
+        if floor <= self.floor:
+            return
+        self.floor = floor
+        for old in [i for i in self.iterations if i < floor]:
+            state = self.iterations.pop(old)
+            if state.scope is not None:
+                state.scope.cancel()
+        for key in [k for k in self._claims if k[0] < floor]:
+            self._claims.pop(key, None)
 
     def notify(self) -> None:
         self._changed.set()
@@ -122,6 +147,8 @@ class NodeSession:
             raise ProtocolError(f"coordinator answered NodeJoin with {info!r:.200}")
         self.info = info
         self.store = st.Store(info.checkpoint_uri, timeout=t.store) if info.checkpoint_uri else None
+        self.sealed_max = info.sealed_through
+        self.floor = max(info.first_iteration, info.sealed_through - 1)
         self.nursery.start_soon(self._coordinator_reader)
 
     async def _coordinator_reader(self) -> None:
@@ -149,7 +176,9 @@ class NodeSession:
             if event.accepted and block is not None:
                 self._accept(event.iteration, event.task, event.attempt, block)
         elif isinstance(event, m.Seal):
-            self.spawn(self._run_collective, event)
+            self._saw_seal(event.iteration)
+            if event.iteration >= self.floor:
+                self.spawn(self._run_collective, event)
         elif isinstance(event, m.LoopData):
             state = self.it(event.iteration)
             if state.loop is None:
@@ -206,6 +235,13 @@ class NodeSession:
             # read before the send returns), sets this event, so the wait at the
             # bottom returns at once instead of missing the wakeup.
             changed = self._changed
+            if iteration < self.sealed_max:
+                # iteration+1 is sealed, so this iteration's pieces were fixed long
+                # ago: a late (retried or speculative) attempt cannot count. It
+                # exits with no output, as after convergence.
+                await channel.send(m.Stop(self.session, iteration, True, f"iteration {iteration} already finished"),
+                                   timeout=self.timeouts.connect)
+                return
             state = self.it(iteration)
             stop = self.stopped_for(iteration)
             if state.loop is not None and state.converged_before:
@@ -387,6 +423,11 @@ class NodeSession:
         state = self.it(i)
         state.seal = seal
         self.members, self.addresses = list(seal.members), dict(zip(seal.members, seal.addresses))
+        with trio.CancelScope() as state.scope:
+            await self._collective(seal, state)
+
+    async def _collective(self, seal: m.Seal, state: _Iteration) -> None:
+        i = seal.iteration
         try:
             mine = {task: attempt for task, attempt, node in seal.pieces if node == self.node}
             # Only contributions the coordinator accepted count; anything else was
@@ -402,6 +443,8 @@ class NodeSession:
             else:
                 await gather.run(self, seal)
         except (HCollectivesError, ValueError, trio.TooSlowError) as exc:
+            if i < self.floor:
+                return  # forgotten meanwhile: the run went on without us (e.g. we were stopped)
             await self.report_error(f"iteration {i}: {type(exc).__name__}: {exc}")
 
     async def _allreduce(self, seal: m.Seal) -> None:
@@ -424,8 +467,8 @@ class NodeSession:
 
     async def finish(self, iteration: int, result: Block) -> None:
         state = self.it(iteration)
-        if state.result is not None:
-            return
+        if state.result is not None or state.seal is None:
+            return  # done already, or forgotten (the run has moved two iterations on)
         state.result = result
         state.contributions.clear()  # the result supersedes them; free the memory
         self.notify()
