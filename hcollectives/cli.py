@@ -95,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
         return entry(args, extra) if args.subcommand == "run" else entry(args)
     except HCollectivesError as exc:
         print(f"hcollectives {args.subcommand}: error: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)  # 128 + signal after RunInterrupted

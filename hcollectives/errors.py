@@ -74,3 +74,15 @@ class SessionAborted(HCollectivesError):
 
 class JobFailed(HCollectivesError):
     """An iteration's job failed; the message carries the first task failure."""
+
+
+class RunInterrupted(HCollectivesError):
+    """The driver got SIGTERM, SIGINT or SIGHUP; everything of the run was stopped.
+    Front ends exit with `exit_code` (128 + the signal's number, as a shell would)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; stopped the run's tasks and daemons")

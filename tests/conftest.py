@@ -83,3 +83,4 @@ def no_orphan_daemons(monkeypatch):
 
 
 sys.path.insert(0, str(EXAMPLES))
+sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import secrets
 import shutil
@@ -32,11 +33,12 @@ import trio
 from .. import store as st
 from ..algorithms.block import Block
 from ..algorithms.reduction import check_op
-from ..errors import ConfigurationError, HCollectivesError, JobFailed, SessionAborted
+from ..errors import ConfigurationError, HCollectivesError, JobFailed, RunInterrupted, SessionAborted
 from ..protocol.connection import new_secret
 from ..services.coordinator import Coordinator, SessionConfig
 from ..services.node_main import read_secret
 from ..transport.common import parse_address
+from . import signals
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +150,12 @@ class IterationReport:
     def __init__(self, driver: "IterativeDriver", iteration: int, token: trio.lowlevel.TrioToken) -> None:
         self._driver, self._iteration, self._token = driver, iteration, token
 
+    @property
+    def local_tmp_dir(self) -> str:
+        """Where a launcher puts its runner's temp files: inside the driver's temp
+        dir, so they go with it (also after a failure or a signal)."""
+        return os.path.join(self._driver.tmp, "mrjob")
+
     def num_tasks(self, n: int) -> None:
         """The job has *n* map tasks (mrjob's local runners; Hadoop tells the tasks)."""
         trio.from_thread.run_sync(self._driver.coordinator.set_num_tasks, self._iteration, n, trio_token=self._token)
@@ -185,22 +193,42 @@ class IterativeDriver:
         self.stream = stream if stream is not None else sys.stderr
 
     def run(self) -> LoopResult:
-        tmp = tempfile.mkdtemp(prefix="hcollectives-")
+        tmp = self.tmp = tempfile.mkdtemp(prefix="hcollectives-")
         self.rundir = os.path.join(tmp, "run")
         os.mkdir(self.rundir)  # tasks treat its absence as "this run is over"
         self.session = secrets.token_hex(8)
+        children_before = set(multiprocessing.active_children())
+        interrupted = False
         try:
             return trio.run(self._main, tmp)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from group
+            error = _first_error(group)
+            interrupted = isinstance(error, RunInterrupted)
+            raise error from (None if interrupted else group)  # one line for a signal, no traceback
+        except RunInterrupted:
+            interrupted = True
+            raise
         finally:
-            # Daemons exit by themselves once the coordinator is gone; this is the
-            # backstop (on a local run) for anything of this session left behind.
-            _end_session_processes(self.session, grace=5.0)
-            if os.environ.get("HCOLLECTIVES_KEEP_TMP"):
-                print(f"hcollectives: kept {tmp} (daemon logs under run/nodes/)", file=self.stream)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with signals.deferred():  # a second ^C must not cut the clean-up short
+                # Daemons exit by themselves once the coordinator is gone; this is the
+                # backstop (on a local run) for anything of this session left behind.
+                # After a signal nobody waits: the user asked for a stop within seconds.
+                _end_session_processes(self.session, grace=0.0 if interrupted else 5.0)
+                if interrupted:
+                    # mrjob's local-runner pool workers (forked from us; they hold
+                    # copies of the coordinator's sockets) would outlive the stop.
+                    signals.end_processes(set(multiprocessing.active_children()) - children_before)
+                # A fork server leaves within ~1 s of its socket file going (launch/zygote.py);
+                # with HCOLLECTIVES_KEEP_TMP the rest of the directory stays.
+                for sock in Path(self.rundir, "zygotes").glob("*.sock"):
+                    sock.unlink(missing_ok=True)
+                if os.environ.get("HCOLLECTIVES_KEEP_TMP") == "1":
+                    print(f"hcollectives: kept {tmp} (daemon logs under run/nodes/, mrjob's under mrjob/)",
+                          file=self.stream)
+                else:
+                    # mrjob's own temp dirs live under mrjob/ here (MRJobLauncher), so
+                    # this removes them too, also after a failed or interrupted job.
+                    shutil.rmtree(tmp, ignore_errors=True)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -238,6 +266,9 @@ class IterativeDriver:
         self._stopping = False
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._interrupted: str | None = None
+            if signals.can_watch():
+                await nursery.start(signals.watch, self._on_signal)
             await nursery.start(coord.serve)
             try:
                 result = await self._iterate(store, first, loop_data)
@@ -245,8 +276,11 @@ class IterativeDriver:
                 raise JobFailed(str(exc)) from None
             except BaseException as exc:
                 # e.g. the job's own post_process or converged raised in the
-                # driver: tell every daemon, so waiting tasks stop now.
-                coord.abort(f"the driver failed: {type(exc).__name__}: {exc}")
+                # driver, or a signal: tell every daemon, so waiting tasks stop now.
+                if self._interrupted is not None:
+                    coord.abort(f"the driver was interrupted by {self._interrupted}", quiet=True)
+                else:
+                    coord.abort(f"the driver failed: {type(exc).__name__}: {exc}")
                 raise
             finally:
                 self._stopping = True
@@ -322,6 +356,9 @@ class IterativeDriver:
     def _job_error(self, i: int) -> BaseException | None:
         """How the job that ran iteration *i* failed, if it did (driver/resident.py: one job for all)."""
         return self._job_errors.get(i)
+
+    def _on_signal(self, name: str) -> None:
+        self._interrupted = name
 
     async def _drain_jobs(self) -> None:
         """Wait for every submitted job to end (its tasks are told to stop).

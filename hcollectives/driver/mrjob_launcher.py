@@ -57,6 +57,10 @@ class MRJobLauncher:
     def run_iteration(self, iteration: int, env: dict[str, str], report: "IterationReport") -> None:
         kwargs = self.job._runner_kwargs()
         kwargs["cmdenv"] = dict(kwargs.get("cmdenv") or {}, **env)
+        if not kwargs.get("local_tmp_dir") and hasattr(report, "local_tmp_dir"):
+            # Inside the driver's temp dir: removed with it, also when the job
+            # failed (mrjob keeps those) or the driver was interrupted.
+            kwargs["local_tmp_dir"] = report.local_tmp_dir
         if not kwargs.get("task_python_bin") and use_task_fork_server(self.job.options.runner or "inline"):
             kwargs["task_python_bin"] = [sys.executable, "-m", "hcollectives.launch.task_stub"]
         watcher = None

@@ -141,7 +141,7 @@ class MRCollectiveJob(MRJob):
             outcome = self.iterate()
         except HCollectivesError as exc:
             print(f"hcollectives: error: {exc}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(getattr(exc, "exit_code", 1))  # 128 + signal after RunInterrupted
         if self.options.result:
             np.save(self.options.result, outcome.loop_data, allow_pickle=False)
         if not self.options.quiet:

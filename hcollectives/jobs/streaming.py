@@ -64,7 +64,7 @@ def run_main(args: argparse.Namespace, mrjob_args: list[str]) -> int:
         outcome = driver.run()
     except HCollectivesError as exc:
         print(f"hcollectives: error: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)  # 128 + signal after RunInterrupted
     if args.result and outcome.result is not None:
         write_result(args.result, collective, outcome.result)
     if not args.quiet:

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # Fallback notices kept for the run's summary; beyond this a long, unhealthy
 # run would grow the driver without bound (each is also logged as it comes).
 MAX_NOTICES = 1000
+# How often the coordinator tells each daemon it is alive: several per
+# `Timeouts.coordinator_silence` (8 s), so a loaded machine's late beat is no loss.
+HEARTBEAT_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,7 @@ class Coordinator:
                 await channel.send(self._stop, timeout=self.config.handshake_timeout)
             await self._broadcast(self._members())
             self._notify()
+            self._nursery.start_soon(self._heartbeat, node, channel)
             while True:
                 event = await channel.receive()
                 await self._dispatch(channel, event)
@@ -181,6 +185,23 @@ class Coordinator:
                 del self.nodes[node]
                 if self._stop is None and self.failure is None:
                     self._node_lost(node)
+
+    async def _heartbeat(self, node: str, channel: Channel) -> None:
+        """Re-send the membership to *node* every HEARTBEAT_INTERVAL while it is connected.
+
+        A daemon ends its session when its coordinator falls silent for longer
+        than its `coordinator_silence` (node_session.py): the driver was killed.
+        A closed connection cannot tell it so on a local runner, where mrjob's
+        pool workers, forked from the driver, hold copies of the driver's
+        sockets; a heartbeat cannot be faked by a copy. Members is idempotent
+        at the daemon, so no new message type is needed.
+        """
+        while self.nodes.get(node) is not None and self.nodes[node].channel is channel:
+            await trio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await channel.send(self._members(), timeout=self.config.handshake_timeout)
+            except (HCollectivesError, trio.TooSlowError):
+                return  # the connection's reader sees the loss and cleans up
 
     def _node_lost(self, node: str) -> None:
         # A daemon that held accepted contributions of an unfinished iteration
@@ -343,9 +364,12 @@ class Coordinator:
         self._notify()
         await self._broadcast(self._stop)
 
-    def abort(self, message: str) -> None:
+    def abort(self, message: str, *, quiet: bool = False) -> None:
+        """Fail the session: every daemon is told to stop its tasks. *quiet* when the
+        driver reports the cause itself (a signal), so it is not logged twice."""
         if self.failure is None:
-            log.error("session %s aborted: %s", self.config.session, message)
+            if not quiet:
+                log.error("session %s aborted: %s", self.config.session, message)
             self.failure = message
             self._stop = m.Stop(self.config.session, 0, False, f"session aborted: {message}"[: m.MAX_TEXT])
             self._nursery.start_soon(self._broadcast, self._stop)

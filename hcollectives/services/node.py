@@ -57,6 +57,7 @@ class NodeDaemon:
         self._join_lock = trio.Lock()
         self._changed = trio.Event()
         self._had_session = False  # a task-started daemon exits when its sessions are over
+        self.driver_lost = False  # a session ended because its driver fell silent (killed)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -210,6 +211,7 @@ class NodeDaemon:
             # Also after a failed join: a task-started daemon whose first session
             # cannot even be joined (its driver is gone) has nothing left to do.
             self._had_session = True
+            self.driver_lost = self.driver_lost or session.driver_lost
             await session.close()
             if self.sessions.get(session.session) is session:
                 del self.sessions[session.session]

@@ -73,8 +73,29 @@ def run(args: argparse.Namespace) -> int:
     finally:
         _withdraw(args.rendezvous)
         if args.exit_when_idle and args.rendezvous is not None:
+            if daemon.driver_lost and os.environ.get("HCOLLECTIVES_KEEP_TMP") != "1":
+                _remove_orphaned_run(args.rendezvous)
             _remove_session_files(args.rendezvous.parent.parent, args.rendezvous)
     return 0
+
+
+def _remove_orphaned_run(rendezvous: Path) -> None:
+    """The driver was killed (-9) and cannot clean up: remove what it would have.
+
+    Our node's directory (log included) always; and when the run directory is
+    the driver's own temp dir (local runners: $HCOLLECTIVES_RUNDIR), that whole
+    temp dir -- the store, mrjob's files, the fork servers' sockets (removing
+    those ends the fork servers). Other daemons of the run may do the same:
+    removal tolerates a race.
+    """
+    import shutil
+
+    shutil.rmtree(rendezvous, ignore_errors=True)
+    rundir = rendezvous.parent.parent
+    driver_rundir = os.environ.get("HCOLLECTIVES_RUNDIR")
+    tmp = rundir.parent
+    if driver_rundir and Path(driver_rundir) == rundir and tmp.name.startswith("hcollectives-"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _announce(rendezvous: Path | None, address: str) -> None:

@@ -83,6 +83,7 @@ class NodeSession:
         self.iterations: dict[int, _Iteration] = {}
         self.stop: m.Stop | None = None
         self.ended = trio.Event()  # coordinator gone: the session is over here
+        self.driver_lost = False  # ended by the coordinator's silence, not by a clean close
         self._coordinator: Channel | None = None
         self._claims: dict[tuple[int, str, str], m.ClaimResult | None] = {}
         # Blocks whose claim is in flight: an accepted one is recorded the moment
@@ -152,10 +153,18 @@ class NodeSession:
         self.nursery.start_soon(self._coordinator_reader)
 
     async def _coordinator_reader(self) -> None:
+        silence = self.timeouts.coordinator_silence
         try:
             while True:
-                event = await self._coordinator.receive()
+                # The coordinator beats every second (coordinator.HEARTBEAT_INTERVAL):
+                # silence means the driver is gone, even if copies of its socket
+                # (mrjob's pool workers) keep the connection open.
+                event = await self._coordinator.receive(timeout=silence)
                 self._on_coordinator(event)
+        except trio.TooSlowError:
+            self.driver_lost = True
+            log.warning("node %s: session %s: no word from the coordinator for %gs; the driver is gone",
+                        self.node, self.session, silence)
         except (ConnectionLost, HCollectivesError) as exc:
             log.info("node %s: session %s coordinator connection ended: %s", self.node, self.session, exc)
         finally:
@@ -502,3 +511,4 @@ class Timeouts:
     collective: float = 600.0  # one iteration's exchange, fallback included
     task_idle: float = 3600.0  # a task's connection while its mapper computes
     idle_exit: float = 120.0  # daemon with no session at all
+    coordinator_silence: float = 8.0  # no heartbeat this long: the driver is dead (it beats every 1 s)
