@@ -69,6 +69,7 @@ class IterationRecord:
     times: dict[str, float] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)  # e.g. pieces read from the store
     members: list[str] = field(default_factory=list)  # nodes in the sealed collective
+    seal: m.Seal | None = None  # re-sent to a successor of a member daemon that was lost
     have_result: set[str] = field(default_factory=set)
 
     def mark(self, event: str) -> None:
@@ -99,6 +100,7 @@ class Coordinator:
         self.floor = config.first_iteration
         self.sealed_through = config.first_iteration - 1
         self.notices: list[tuple[int, str]] = []  # every store-fallback notice of the run (capped)
+        self._lost: set[str] = set()  # member daemons that went away; a successor may rejoin
         self._stop: m.Stop | None = None
         self._changed = trio.Event()
         self.record(config.first_iteration).loop_data = initial_loop_data
@@ -166,11 +168,15 @@ class Coordinator:
             if not isinstance(join, m.NodeJoin) or join.session != self.config.session:
                 raise ProtocolError(f"expected NodeJoin for session {self.config.session}, got {join!r:.200}")
             node = join.node
+            rejoined = node in self._lost
+            self._lost.discard(node)
             self.nodes[node] = _Node(node, join.address, channel)
             await channel.send(self._session_info(), timeout=self.config.handshake_timeout)
             if self._stop is not None:
                 await channel.send(self._stop, timeout=self.config.handshake_timeout)
             await self._broadcast(self._members())
+            if rejoined:
+                await self._resend_seals(node, channel)
             self._notify()
             self._nursery.start_soon(self._heartbeat, node, channel)
             while True:
@@ -204,13 +210,30 @@ class Coordinator:
                 return  # the connection's reader sees the loss and cleans up
 
     def _node_lost(self, node: str) -> None:
-        # A daemon that held accepted contributions of an unfinished iteration
-        # took them with it; the store still has them, but the tree no longer
-        # has that member. Fail loudly rather than compute a wrong answer.
-        for i, rec in self.iterations.items():
-            if "result" not in rec.times and any(n == node for _, n in rec.claims.values()):
-                self.abort(f"node daemon {node} disconnected during iteration {i}")
-                return
+        """A daemon went away mid-run (killed, crashed). Nothing is lost for good:
+        every piece it acknowledged is in the store (node_session.contribute),
+        and the next task on its node starts a successor under the same node
+        name, which rejoins: its claims stay its own, and the seals of the
+        unfinished iterations it was a member of are sent to it again
+        (`_resend_seals`). Meanwhile the other members' store fallback covers
+        what it owed them."""
+        self._lost.add(node)
+        unfinished = [i for i, rec in sorted(self.iterations.items())
+                      if "result" not in rec.times and (node in rec.members
+                                                        or any(n == node for _, n in rec.claims.values()))]
+        log.warning("coordinator: node daemon %s was lost%s; waiting for a successor", node,
+                    f" during iteration(s) {unfinished}" if unfinished else "")
+        self._nursery.start_soon(self._broadcast, self._members())
+
+    async def _resend_seals(self, node: str, channel: Channel) -> None:
+        for i, rec in sorted(self.iterations.items()):
+            if rec.seal is not None and "result" not in rec.times and node in rec.seal.members:
+                members = self._members()
+                current = dict(zip(members.members, members.addresses))
+                seal = rec.seal
+                addresses = [current.get(n, a) for n, a in zip(seal.members, seal.addresses)]
+                await channel.send(m.Seal(seal.session, seal.iteration, seal.members, addresses, seal.pieces,
+                                          seal.layout), timeout=self.config.handshake_timeout)
 
     def _session_info(self) -> m.SessionInfo:
         c = self.config
@@ -300,10 +323,11 @@ class Coordinator:
         rec.mark("sealed")
         members = self._members()
         pieces = [[task, attempt, node] for task, (attempt, node) in sorted(rec.claims.items())]
-        missing = {node for _, _, node in pieces} - set(members.members)
-        if missing:
-            self.abort(f"iteration {iteration}: node(s) {sorted(missing)} hold contributions but left")
-            return
+        # A lost daemon's pieces are in the store; it stays a member of the seal,
+        # and its successor (or, failing that, the others' store fallback) covers it.
+        names = sorted(set(members.members) | {node for _, _, node in pieces})
+        current = dict(zip(members.members, members.addresses))
+        members = m.Members(self.config.session, names, [current.get(n, "") for n in names])
         rec.members = list(members.members)
         # The ring AllReduce needs one layout everywhere: every piece's digest
         # the same (and not "": big enough) and every member holding a piece.
@@ -311,8 +335,8 @@ class Coordinator:
         layout = next(iter(layouts)) if len(layouts) == 1 else ""
         if {node for _, _, node in pieces} != set(members.members):
             layout = ""
-        await self._broadcast(m.Seal(self.config.session, iteration, members.members, members.addresses, pieces,
-                                     layout))
+        rec.seal = m.Seal(self.config.session, iteration, members.members, members.addresses, pieces, layout)
+        await self._broadcast(rec.seal)
         self._notify()
 
     async def _answer_loop_data(self, channel: Channel, iteration: int) -> None:

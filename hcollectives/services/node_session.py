@@ -173,7 +173,15 @@ class NodeSession:
 
     def _on_coordinator(self, event: m.Message) -> None:
         if isinstance(event, m.Members):
-            self.members, self.addresses = list(event.members), dict(zip(event.members, event.addresses))
+            addresses = dict(zip(event.members, event.addresses))
+            for node, channel in list(self._peers.items()):
+                if addresses.get(node) != self.addresses.get(node):  # gone, or a successor daemon
+                    self._drop_peer(node, channel)
+            for node in [n for n in addresses if n in self.addresses and addresses[n] != self.addresses[n]]:
+                for state in self.iterations.values():  # a successor has none of what we pushed
+                    for sent in state.pushed.values():
+                        sent.discard(node)
+            self.members, self.addresses = list(event.members), addresses
             if self.info and self.info.collective == "allgather":
                 for i, state in self.iterations.items():
                     if state.seal is None:
@@ -309,8 +317,11 @@ class NodeSession:
         ack = lambda ok: m.ContributeAck(self.session, i, task, attempt, ok)  # noqa: E731
         if self.stopped_for(i):
             return ack(False)
+        checkpointed = trio.Event()
         if self.store is not None:
-            self.nursery.start_soon(self._checkpoint, i, task, attempt, event.block)
+            self.nursery.start_soon(self._checkpoint, i, task, attempt, event.block, checkpointed)
+        else:
+            checkpointed.set()
         key = (i, task, attempt)
         self._claims[key] = None
         self._offered[key] = event.block
@@ -327,6 +338,12 @@ class NodeSession:
                     raise CollectiveTimeout(f"coordinator did not answer the claim of {task} within {self.timeouts.connect:g}s") from None
         finally:
             self._offered.pop(key, None)
+        # The task is told only once its piece is in the store (written alongside
+        # the claim, so usually already there): a task that has its ack exits,
+        # and if this daemon is then lost, its successor and the other nodes can
+        # only get the piece from the store.
+        with trio.move_on_after(self.timeouts.store):
+            await checkpointed.wait()
         # An accepted block was already recorded (`_accept`) when the answer was read.
         return ack(self._claims.pop(key).accepted)
 
@@ -337,7 +354,7 @@ class NodeSession:
             state.gather.add(piece_id(task, attempt), block)
             self.nursery.start_soon(gather.push_pieces, self, i)
 
-    async def _checkpoint(self, iteration: int, task: str, attempt: str, block: Block) -> None:
+    async def _checkpoint(self, iteration: int, task: str, attempt: str, block: Block, done: trio.Event) -> None:
         path = st.contribution_path(self.session, iteration, task, attempt)
         self._pending_checkpoints += 1
         try:
@@ -348,6 +365,7 @@ class NodeSession:
             log.warning("node %s: checkpoint of %s failed: %s", self.node, path, exc)
         finally:
             self._pending_checkpoints -= 1
+            done.set()
             self.notify()
 
     async def next_change(self) -> None:
@@ -370,14 +388,32 @@ class NodeSession:
         async with lock:  # one connection per peer, opened once
             channel = self._peers.get(node)
             if channel is None:
+                if not self.addresses.get(node):
+                    # A member whose daemon was lost and has no successor yet.
+                    raise ConnectionLost(f"node {node} has no daemon at the moment")
                 channel = await connect(self.addresses[node], role="peer", name=self.node,
                                         secret=self._secret, timeout=self.timeouts.connect)
                 self._peers[node] = channel
+                self.nursery.start_soon(self._watch_peer, node, channel)
         try:
             await channel.send(event, timeout=self.timeouts.collective)
         except HCollectivesError:
-            self._peers.pop(node, None)
+            self._drop_peer(node, channel)
             raise
+
+    async def _watch_peer(self, node: str, channel: Channel) -> None:
+        """Peers never send on a connection we dialled: anything but silence is its
+        end. Drop it at once, so the next send dials the node's current address
+        (a successor daemon) instead of writing into a dead socket first."""
+        try:
+            await channel.receive()
+        except (HCollectivesError, trio.TooSlowError):
+            pass
+        self._drop_peer(node, channel)
+
+    def _drop_peer(self, node: str, channel: Channel) -> None:
+        if self._peers.get(node) is channel:
+            del self._peers[node]
 
     async def send_quietly(self, node: str, event: m.Message) -> None:
         """Send, but let the store fallback cover a peer we cannot reach."""

@@ -66,7 +66,20 @@ def _alive(pid_file: Path) -> bool:
         os.kill(pid, 0)
     except (OSError, ValueError):
         return False
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A daemon killed -9 stays a zombie until the task that started it is gone,
+    and os.kill(pid, 0) succeeds on a zombie: its address would be dialled
+    (connection refused) instead of a new daemon started."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True  # gone between the two looks
+    except OSError:
+        return False  # no /proc (not Linux): trust os.kill
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
 def daemon_command(node: str, rendezvous_dir: Path, env: Mapping[str, str] = os.environ) -> list[str]:

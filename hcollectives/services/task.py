@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from ..algorithms.block import Block
-from ..errors import ConfigurationError, ProtocolError, SessionAborted
+from ..errors import ConfigurationError, ConnectionLost, ProtocolError, SessionAborted
 from ..protocol import messages as m
 from ..transport.sync_channel import SyncChannel
 from . import rendezvous
@@ -117,6 +119,11 @@ PostProcess = Callable[[Block, np.ndarray], tuple[np.ndarray, bool]]
 
 # Short waits: one request to the local daemon.
 _REQUEST_TIMEOUT = 60.0
+# How often a task starts over with a new daemon after losing its node's daemon
+# (a fresh one rejoins the session; more losses than this in one task is a
+# broken node, and the task fails with the last ConnectionLost).
+RECONNECTS = 3
+T = TypeVar("T")
 
 
 class TaskClient:
@@ -133,8 +140,32 @@ class TaskClient:
         self._send(m.TaskStarted(env.session, env.iteration, env.task, env.attempt, env.num_tasks,
                                  env.node, env.coordinator))
 
+    def _retrying(self, request: Callable[[], T]) -> T:
+        """Run *request*; if the node's daemon is lost meanwhile (killed, crashed),
+        start or find its successor, which rejoins the session, and ask again.
+
+        Every request is idempotent at the daemon and the coordinator: TaskStarted
+        adds to a set, a second Contribute of the same attempt is accepted again
+        (the claim is held by this attempt and node) and is already in the store
+        (the first was acknowledged only once checkpointed), and a lease is just
+        computed again (post_process is deterministic).
+        """
+        for attempt in range(RECONNECTS + 1):
+            try:
+                return request()
+            except ConnectionLost:
+                if attempt == RECONNECTS:
+                    raise
+                self.close()
+                time.sleep(min(0.2 * 2 ** attempt, 2.0))
+                self.start()
+        raise AssertionError("unreachable")
+
     def loop_data(self, post_process: PostProcess) -> np.ndarray:
         """This iteration's loop data; may run *post_process* once for the node."""
+        return self._retrying(lambda: self._loop_data(post_process))
+
+    def _loop_data(self, post_process: PostProcess) -> np.ndarray:
         env = self.env
         self._send(m.GetLoopData(env.session, env.iteration))
         reply = self._receive(env.timeout)
@@ -153,6 +184,9 @@ class TaskClient:
 
     def contribute(self, block: Block) -> bool:
         """Hand the task's output to the daemon; True if this attempt counts."""
+        return self._retrying(lambda: self._contribute(block))
+
+    def _contribute(self, block: Block) -> bool:
         env = self.env
         self._send(m.Contribute(env.session, env.iteration, env.task, env.attempt, block))
         reply = self._receive(env.timeout)
