@@ -382,3 +382,45 @@ async def _wrong_secret() -> None:
 
 def test_wrong_secret_is_rejected_and_coordinator_keeps_serving():
     run(_wrong_secret)
+
+
+# -- a lost daemon with no successor -------------------------------------------------------------
+
+
+async def _rescue(tmp_path, fanout: int, n_nodes: int) -> None:
+    from hcollectives import store as st
+    from hcollectives.algorithms.block import Block
+    from hcollectives.services.coordinator import RESCUE_AFTER
+    from hcollectives.services.exchange.rescue import subtree_partial
+    from hcollectives.algorithms.reduction import reduce_blocks
+    from hcollectives.algorithms.topology import Tree
+
+    uri = f"file://{tmp_path}"
+    store = st.Store(uri)
+    rng = np.random.default_rng(n_nodes)
+    names = [f"n{k}" for k in range(n_nodes)]
+    async with coordinator(fallback_timeout=0.2, checkpoint_uri=uri, fanout=fanout) as (coord, address):
+        nodes = [await FakeNode.join(address, name) for name in names]
+        tasks = [(f"t{k}", names[k % n_nodes]) for k in range(2 * n_nodes)]
+        coord.set_num_tasks(1, len(tasks))
+        blocks = {}
+        for task, node in tasks:
+            # Values whose sum depends on the order: only the tree's own order gives these bits.
+            blocks[task] = Block.from_dict({0: rng.uniform(-1, 1, 4) * 10.0 ** rng.integers(-8, 8, 4)})
+            store.save_block(st.contribution_path(SESSION, 1, task, "a0"), blocks[task])
+            assert await nodes[names.index(node)].claim(1, task, "a0") is True
+        seal = await nodes[0].expect(m.Seal)
+        await nodes[0].aclose()  # the root is lost and no successor comes
+        with trio.fail_after(RESCUE_AFTER * 0.2 + 5):
+            result = await coord.wait_result(1)
+        tree = Tree(n_nodes, fanout)
+        locals_ = [reduce_blocks([blocks[t] for t, n in sorted(tasks) if n == name], "sum") for name in seal.members]
+        assert result == subtree_partial(locals_, tree, 0, "sum")
+        # The waiting daemons' store fallback finds it where it looks.
+        assert store.load_block(st.result_path(SESSION, 1)) == result
+        assert coord.failure is None and "computed the result from the store" in coord.notices[0][1]
+
+
+@pytest.mark.parametrize("n_nodes,fanout", [(2, 2), (4, 2), (5, 3)])
+def test_root_lost_without_successor_is_rescued_from_the_store(tmp_path, n_nodes, fanout):
+    run(_rescue, tmp_path, fanout, n_nodes)

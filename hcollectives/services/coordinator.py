@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
+from .. import store as st
 from ..algorithms.block import Block
 from ..errors import ConnectionLost, HCollectivesError, ProtocolError, SessionAborted
 from ..protocol import messages as m
 from ..transport.trio_channel import Channel, listener_address, open_listeners, serve
+from .exchange import rescue
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,10 @@ MAX_NOTICES = 1000
 # How often the coordinator tells each daemon it is alive: several per
 # `Timeouts.coordinator_silence` (8 s), so a loaded machine's late beat is no loss.
 HEARTBEAT_INTERVAL = 1.0
+# A sealed iteration with a lost member and no result after this many fallback
+# timeouts is computed by the driver from the store (`_rescue`): by then the
+# daemons' own fallbacks have had their turn, and a successor daemon its chance.
+RESCUE_AFTER = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +230,44 @@ class Coordinator:
         log.warning("coordinator: node daemon %s was lost%s; waiting for a successor", node,
                     f" during iteration(s) {unfinished}" if unfinished else "")
         self._nursery.start_soon(self._broadcast, self._members())
+        for i in unfinished:
+            if self.iterations[i].seal is not None:
+                self._nursery.start_soon(self._rescue, i)
+
+    async def _rescue(self, iteration: int) -> None:
+        """If a member of the sealed *iteration* is still lost (no successor came)
+        when RESCUE_AFTER fallback timeouts have passed without a result, compute
+        the result from the store as the collective would have (exchange/rescue.py)
+        and put it where the daemons' store fallback looks for it."""
+        rec = self.record(iteration)
+        seal = rec.seal
+        with trio.move_on_after(RESCUE_AFTER * self.config.fallback_timeout):
+            try:
+                await self._wait_until(lambda: True if "result" in rec.times else None)
+            except SessionAborted:
+                pass
+            return
+        lost = sorted(self._lost & set(seal.members))
+        if "result" in rec.times or not lost or not self.config.checkpoint_uri or self.failure is not None:
+            return
+        c = self.config
+        store = st.Store(c.checkpoint_uri)
+        try:
+            block = await trio.to_thread.run_sync(rescue.result_from_store, store, c.session, seal, c.collective,
+                                                  c.op, c.fanout)
+            await trio.to_thread.run_sync(store.save_block, st.result_path(c.session, iteration), block)
+        except (HCollectivesError, ValueError) as exc:
+            self.abort(f"node daemon(s) {lost} lost during iteration {iteration} with no successor, and its "
+                       f"result could not be rebuilt from the store: {exc}")
+            return
+        if rec.result is None and iteration >= self.floor:
+            text = f"driver: node daemon(s) {lost} lost with no successor; computed the result from the store"
+            log.warning("coordinator: iteration %d: %s", iteration, text)
+            rec.notices.append(text)
+            self.notices.append((iteration, text))
+            rec.result = block
+            rec.mark("result")
+            self._notify()
 
     async def _resend_seals(self, node: str, channel: Channel) -> None:
         for i, rec in sorted(self.iterations.items()):
@@ -336,6 +380,8 @@ class Coordinator:
         if {node for _, _, node in pieces} != set(members.members):
             layout = ""
         rec.seal = m.Seal(self.config.session, iteration, members.members, members.addresses, pieces, layout)
+        if self._lost & set(members.members):
+            self._nursery.start_soon(self._rescue, iteration)
         await self._broadcast(rec.seal)
         self._notify()
 

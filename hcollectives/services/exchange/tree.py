@@ -20,7 +20,7 @@ from ...algorithms.topology import Tree, ranks_of
 from ...algorithms.tree_allreduce import Send, TreeAllReduce
 from ...errors import CollectiveTimeout
 from ...protocol import messages as m
-from . import store_fallback
+from . import rescue, store_fallback
 
 if TYPE_CHECKING:
     from .session_view import SessionView
@@ -84,11 +84,12 @@ async def _fallback(session: SessionView, seal: m.Seal, tree: Tree, rank: int) -
         pieces = sorted((t, a) for t, a, n in seal.pieces if n in nodes)
         log.warning("node %s: iteration %d: partial of rank %d missing after %gs; trying the store",
                     session.node, i, child, session.info.fallback_timeout)
-        blocks = [await store_fallback.load_piece(session, i, t, a) for t, a in pieces]
+        blocks = {(t, a): await store_fallback.load_piece(session, i, t, a) for t, a in pieces}
         if child in state.tree.missing_children():  # not delivered over TCP while we read
             await session.notice(i, f"partial of rank {child} missing after {session.info.fallback_timeout:g}s; "
                                  f"reduced its {len(pieces)} piece(s) from the store")
-            await _execute(session, i, state.tree.receive_partial(child, reduce_blocks(blocks, session.info.op)))
+            await _execute(session, i, state.tree.receive_partial(child, _partial(seal, tree, child, blocks,
+                                                                                  session.info.op)))
     if not state.tree.done:
         if session.store is None:
             raise CollectiveTimeout(f"the result of iteration {i} never arrived and there is no store")
@@ -100,3 +101,14 @@ async def _fallback(session: SessionView, seal: m.Seal, tree: Tree, rank: int) -
             if not state.tree.done:  # the parent's copy may have arrived while we read
                 await session.notice(i, f"result missing after {session.info.fallback_timeout:g}s; read it from the store")
                 await _execute(session, i, state.tree.receive_result(block))
+
+
+def _partial(seal: m.Seal, tree: Tree, child: int, blocks: dict, op: str) -> Block:
+    """The partial *child*'s subtree would have sent, from its pieces: per node in
+    task order, then the subtree in the tree's own order (rescue.subtree_partial),
+    so the bits match an undisturbed run's even when *child* is not a leaf."""
+    locals_: dict[int, Block] = {}
+    for r in tree.subtree(child):
+        node = seal.members[r]
+        locals_[r] = reduce_blocks([blocks[(t, a)] for t, a in sorted((t, a) for t, a, n in seal.pieces if n == node)], op)
+    return rescue.subtree_partial(locals_, tree, child, op)
