@@ -727,3 +727,62 @@ def test_offset_and_value_dtypes_are_on_the_allowlist() -> None:
     # Blocks travel as raw buffers: if these ever leave the allowlist, nothing works.
     assert OFFSET_DTYPE.str in DTYPE_ALLOWLIST and VALUE_DTYPE.str in DTYPE_ALLOWLIST
     assert struct.calcsize("!2sBBII") == PRELUDE.size
+
+
+# -- what a header may decode into (issue 12) ----------------------------------------------------
+
+
+def _frame_with_header(header: bytes) -> bytes:
+    from hcollectives.protocol import frames
+
+    return frames.PRELUDE.pack(frames.MAGIC, frames.VERSION, 0, len(header), 0) + header
+
+
+def _nested_empty_arrays(total: int) -> bytes:
+    """msgpack for 16 arrays of ~total/16 empty arrays each: one byte per object."""
+    per = total // 16 - 8
+    inner = b"\xdd" + struct.pack("!I", per) + b"\x90" * per
+    return b"\xdc" + struct.pack("!H", 16) + inner * 16
+
+
+def test_header_of_empty_arrays_is_refused_without_expanding():
+    import resource
+    import time
+
+    from hcollectives.protocol import frames
+
+    raw = _frame_with_header(_nested_empty_arrays(frames.MAX_HEADER_BYTES - 64))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    decoder = frames.FrameDecoder()
+    decoder.receive_data(raw)
+    with pytest.raises(RemoteProtocolError, match="lists and maps"):
+        decoder.next_frame()
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    # Before the budget: 1.27 GB of lists and 5-8 s of a blocked event loop.
+    assert time.perf_counter() - start < 1.0
+    assert grown_mib < 64 + 2 * len(raw) / 2**20, grown_mib
+
+
+def test_header_item_budget_spans_all_lists():
+    from hcollectives.protocol import frames
+
+    # Two lists of ints, each under the per-list cap, together over the total.
+    half = frames.MAX_HEADER_ITEMS // 2 + 1
+    ints = b"\xdd" + struct.pack("!I", half) + b"\x01" * half
+    header = b"\x92" + ints + ints
+    decoder = frames.FrameDecoder()
+    decoder.receive_data(_frame_with_header(header))
+    with pytest.raises(RemoteProtocolError, match="items"):
+        decoder.next_frame()
+
+
+def test_largest_legitimate_header_still_decodes():
+    from hcollectives.protocol import frames
+
+    keys = list(range(1_000_000))  # an AllGather piece of a million rows
+    chunks = frames.encode_frame("piece", {"keys": keys}, ())
+    decoder = frames.FrameDecoder()
+    decoder.receive_data(b"".join(bytes(c) for c in chunks))
+    frame = decoder.next_frame()
+    assert frame is not None and frame.fields["keys"][-1] == 999_999

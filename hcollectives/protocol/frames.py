@@ -39,6 +39,15 @@ DTYPE_ALLOWLIST = frozenset({"<f8", "<f4", "<i8", "<i4", "<u8", "<u4", "|u1", "|
 # A header is a few fields plus, for AllGather pieces, the list of row keys;
 # 16 MiB leaves room for ~1M keys and still bounds what garbage can make us hold.
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+# What one header may decode into. Bytes alone do not bound it: a 16 MiB header
+# of empty arrays (one byte each) decodes to 16M lists, 1.3 GB of Python objects.
+# The largest real header is an AllGather piece's row keys (one list, one int
+# or str per row), so: at most 2^21 items in all lists together (~80 MB of int
+# objects at worst, what 2M row keys legitimately cost) and 2^16 lists and maps
+# (a Seal's piece list has one 3-list per task). Counted as msgpack builds
+# them (`_HeaderBudget`), so decoding stops as soon as a budget is spent.
+MAX_HEADER_ITEMS = 1 << 21
+MAX_HEADER_CONTAINERS = 1 << 16
 # Messages carry at most a handful of arrays; a large count means garbage.
 MAX_BUFFERS = 16
 # Default frame cap: larger than any collective payload we benchmark (64 MiB),
@@ -100,6 +109,30 @@ def frame_size(chunks: list[bytes | memoryview]) -> int:
 
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes})
 _MAX_DEPTH = 16
+
+
+class _HeaderBudget:
+    """msgpack hooks that count what a header decodes into and stop it early."""
+
+    __slots__ = ("items", "containers")
+
+    def __init__(self) -> None:
+        self.items = self.containers = 0
+
+    def _spend(self, items: int) -> None:
+        self.items += items
+        self.containers += 1
+        if self.items > MAX_HEADER_ITEMS or self.containers > MAX_HEADER_CONTAINERS:
+            raise RemoteProtocolError(f"header decodes into more than {MAX_HEADER_ITEMS} items or "
+                                      f"{MAX_HEADER_CONTAINERS} lists and maps")
+
+    def list(self, value: list) -> list:
+        self._spend(len(value))
+        return value
+
+    def map(self, pairs: list) -> dict:
+        self._spend(len(pairs))
+        return dict(pairs)
 
 
 def _check_plain(obj: Any) -> None:
@@ -236,11 +269,13 @@ class FrameDecoder:
             return False
         raw = bytes(self._buf[: self._header_len])
         del self._buf[: self._header_len]
+        budget = _HeaderBudget()
         try:
             header = msgpack.unpackb(
                 raw, raw=False, strict_map_key=True, ext_hook=_reject_ext,
                 max_str_len=MAX_HEADER_BYTES, max_bin_len=MAX_HEADER_BYTES,
-                max_array_len=MAX_HEADER_BYTES, max_map_len=4096,
+                max_array_len=MAX_HEADER_ITEMS, max_map_len=4096,
+                list_hook=budget.list, object_pairs_hook=budget.map,
             )
         except RemoteProtocolError:
             raise

@@ -28,6 +28,7 @@ from .. import store as st
 from ..algorithms.block import Block
 from ..errors import ConnectionLost, HCollectivesError, ProtocolError, SessionAborted
 from ..protocol import messages as m
+from ..transport.rejections import Rejections
 from ..transport.trio_channel import Channel, listener_address, open_listeners, serve
 from .exchange import rescue
 
@@ -100,7 +101,7 @@ class Coordinator:
         self.iterations: dict[int, IterationRecord] = {}
         self.nodes: dict[str, _Node] = {}
         self.failure: str | None = None
-        self.rejected_connections: list[str] = []
+        self.rejected_connections = Rejections(log)  # counted; logged at a bounded rate
         # Iterations below `floor` are finished and forgotten (bounded state over
         # long runs): their records are gone, late events about them are ignored.
         self.floor = config.first_iteration

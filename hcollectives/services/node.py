@@ -24,6 +24,7 @@ import trio
 from ..errors import ConnectionLost, HCollectivesError, ProtocolError
 from ..protocol import messages as m
 from ..transport.buffer_pool import BufferPool
+from ..transport.rejections import Rejections
 from ..transport.trio_channel import Channel, listener_address, open_listeners, open_unix_listener, serve
 from .faults import Faults
 from .node_session import NodeSession, Timeouts
@@ -53,7 +54,7 @@ class NodeDaemon:
         self.address: str | None = None
         self.pool = BufferPool()  # receive buffers, reused across sessions and iterations
         self.sessions: dict[str, NodeSession] = {}
-        self.rejected_connections: list[str] = []
+        self.rejected_connections = Rejections(log)  # counted; logged at a bounded rate
         self._join_lock = trio.Lock()
         self._changed = trio.Event()
         self._had_session = False  # a task-started daemon exits when its sessions are over

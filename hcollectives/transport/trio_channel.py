@@ -20,6 +20,7 @@ from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
 from ..protocol.frames import Allocator
 from ..protocol.messages import Message
 from .common import RECV_CHUNK, format_address, parse_address, split_address, unix_buffers
+from .rejections import Rejections
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ _NO_LOWAT = 2**31 - 1
 
 
 Handler = Callable[[Channel], Awaitable[None]]
+_REJECTIONS = Rejections(log)  # servers that keep no count of their own
 
 
 async def serve(listeners: list[trio.SocketListener], handler: Handler, *, role: str, name: str,
@@ -256,9 +258,7 @@ async def serve(listeners: list[trio.SocketListener], handler: Handler, *, role:
                 await channel.handshake(handshake_timeout)
             except Exception as exc:  # noqa: BLE001 -- no stranger's bytes may take the server down
                 message = f"{name}: rejected connection from {label}: {exc}"
-                log.warning(message)
-                if on_reject is not None:
-                    on_reject(message)
+                (on_reject or _REJECTIONS.append)(message)  # rate-limited logging (rejections.py)
                 return
             channel.label = f"{channel.peer_role} {channel.peer_name} ({label})"
             try:
