@@ -39,6 +39,7 @@ from ..services.coordinator import Coordinator, SessionConfig
 from ..services.node_main import read_secret
 from ..transport.common import parse_address
 from . import signals
+from .redact import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ DRAIN_TIMEOUT = 120.0
 ABORT_GRACE = 3.0
 # Ending one abandoned job (a YARN application kill) takes a request or two.
 ABANDON_TIMEOUT = 15.0
+# The session secret's file name in each task's working directory.
+SESSION_SECRET_NAME = "hcollectives-session-secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,14 @@ class IterationReport:
         self._driver, self._iteration, self._token = driver, iteration, token
 
     @property
+    def session_secret_file(self) -> tuple[str, str] | None:
+        """(path, name): a private file holding the session secret, which the
+        launcher ships so that it appears as *name* in every task's working
+        directory; None when tasks read --secret-file on their own node."""
+        path = getattr(self._driver, "secret_path", None)
+        return (path, SESSION_SECRET_NAME) if path else None
+
+    @property
     def local_tmp_dir(self) -> str:
         """Where a launcher puts its runner's temp files: inside the driver's temp
         dir, so they go with it (also after a failure or a signal)."""
@@ -199,16 +210,20 @@ class IterativeDriver:
         self.session = secrets.token_hex(8)
         children_before = set(multiprocessing.active_children())
         interrupted = False
+        self.redactor = Redactor().install()
         try:
             return trio.run(self._main, tmp)
         except BaseExceptionGroup as group:
-            error = _first_error(group)
+            error = self._redacted(_first_error(group))
             interrupted = isinstance(error, RunInterrupted)
             raise error from (None if interrupted else group)  # one line for a signal, no traceback
         except RunInterrupted:
             interrupted = True
             raise
+        except Exception as error:
+            raise self._redacted(error)
         finally:
+            self.redactor.remove()
             with signals.deferred():  # a second ^C must not cut the clean-up short
                 # Daemons exit by themselves once the coordinator is gone; this is the
                 # backstop (on a local run) for anything of this session left behind.
@@ -229,6 +244,13 @@ class IterativeDriver:
                     # mrjob's own temp dirs live under mrjob/ here (MRJobLauncher), so
                     # this removes them too, also after a failed or interrupted job.
                     shutil.rmtree(tmp, ignore_errors=True)
+
+    def _redacted(self, error: BaseException) -> BaseException:
+        """*error*, with the session secret replaced in its message (driver/redact.py)."""
+        text = str(error)
+        if self.redactor.text(text) != text:
+            error.args = (self.redactor.text(text),)
+        return error
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -254,6 +276,9 @@ class IterativeDriver:
             self._say(f"resume: nothing to do, the run in {store.url} already {state}")
             return LoopResult(loop_data, first - 1, converged, [])
         self.secret = read_secret(Path(o.secret_file)) if o.secret_file else new_secret()
+        self.secret_path = None if o.secret_file else _write_private(
+            os.path.join(self.tmp, SESSION_SECRET_NAME), self.secret.hex())
+        self.redactor.secrets.append(self.secret.hex())
         config = SessionConfig(self.session, self.secret, o.collective, o.op if o.collective == "allreduce" else "none",
                                o.fanout, store.url, o.fallback_timeout, first, o.allow_nonfinite,
                                bind_host=o.coordinator_host, advertise_host=o.coordinator_host)
@@ -324,6 +349,11 @@ class IterativeDriver:
             except trio.TooSlowError:
                 coord.abort(f"iteration {i} did not finish within --iteration-timeout {o.iteration_timeout:g}s")
                 raise SessionAborted(coord.failure) from None
+            if i == first and not len(result.keys):
+                # An empty input used to "succeed" with the initial loop data
+                # returned unchanged and no word; nothing was computed.
+                raise ConfigurationError(f"iteration {i}: no map task emitted any output; "
+                                         "is the input empty (or does every record get skipped)?")
             new = _check_loop_data(await trio.to_thread.run_sync(self.post_process, result, loop_data),
                                    f"post_process of iteration {i}")
             converged = bool(self.converged(loop_data, new))
@@ -454,7 +484,14 @@ class IterativeDriver:
         if o.secret_file:  # tasks read it on their node; it stays out of the job's configuration
             env["HCOLLECTIVES_SECRET_FILE"] = o.secret_file
         else:
-            env["HCOLLECTIVES_SECRET"] = self.secret.hex()
+            # The session secret never travels in the job's configuration (on
+            # Hadoop, -cmdenv is readable by anyone who can list the cluster's
+            # jobs) nor on a command line: the launcher ships this private file
+            # with the job (mrjob's upload_files: the distributed cache, or the
+            # local runners' working dirs) and each task reads it from its own
+            # working directory. Named explicitly, it also wins over a
+            # HCOLLECTIVES_SECRET_FILE the driver's environment may hold.
+            env["HCOLLECTIVES_SECRET_FILE"] = SESSION_SECRET_NAME
         if o.node_service:
             env["HCOLLECTIVES_NODE_ADDRESS"] = o.node_service
         if not o.input_cache:
@@ -479,6 +516,14 @@ class IterativeDriver:
     def _say(self, line: str) -> None:
         if self.options.progress:
             print(line, file=self.stream, flush=True)
+
+
+def _write_private(path: str, text: str) -> str:
+    """Create *path* readable by its owner only (0600 from the start, no window)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:

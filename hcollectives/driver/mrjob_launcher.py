@@ -57,6 +57,10 @@ class MRJobLauncher:
     def run_iteration(self, iteration: int, env: dict[str, str], report: "IterationReport") -> None:
         kwargs = self.job._runner_kwargs()
         kwargs["cmdenv"] = dict(kwargs.get("cmdenv") or {}, **env)
+        shipped = getattr(report, "session_secret_file", None)
+        if shipped:  # the secret reaches tasks as a private file, never in the job's configuration
+            path, name = shipped
+            kwargs["upload_files"] = [*(kwargs.get("upload_files") or []), f"{path}#{name}"]
         if not kwargs.get("local_tmp_dir") and hasattr(report, "local_tmp_dir"):
             # Inside the driver's temp dir: removed with it, also when the job
             # failed (mrjob keeps those) or the driver was interrupted.

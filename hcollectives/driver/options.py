@@ -88,3 +88,23 @@ def load_initial(path: str | None) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read --initial {path}: {exc}") from None
+
+
+def check_output_path(path: str | None, option: str = "--result") -> None:
+    """Fail before iteration 1, not after the last, if *path* cannot be written:
+    its directory must exist and be writable, and the path must not be a directory."""
+    if not path:
+        return
+    import os
+
+    from ..errors import ConfigurationError
+
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise ConfigurationError(f"{option} {path} is a directory; give a file name")
+    if not os.path.isdir(directory):
+        raise ConfigurationError(f"{option} {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"{option} {path}: directory {directory} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ConfigurationError(f"{option} {path} exists and is not writable")

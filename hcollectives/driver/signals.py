@@ -11,6 +11,7 @@ without a grace period and removes the temp dirs.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -28,17 +29,36 @@ def can_watch() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+_watching = False
+
+
+def _default_handlers_in_child() -> None:
+    """A process forked while we watch (mrjob's local-runner pool workers) must not
+    inherit our handlers: they only wake the driver's trio loop, so SIGTERM
+    (multiprocessing's Pool.terminate, our own clean-up) would never end it."""
+    if _watching:
+        signal.set_wakeup_fd(-1)
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+os.register_at_fork(after_in_child=_default_handlers_in_child)
+
+
 async def watch(on_signal: Callable[[str], None], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Raise RunInterrupted on the first of SIGNALS (run in the driver's nursery);
     *on_signal(name)* first, so the driver knows why it is being cancelled."""
+    global _watching
     with trio.open_signal_receiver(*SIGNALS) as received:
-        task_status.started()
-        async for signum in received:
-            on_signal(signal.Signals(signum).name)
-            # A second signal while we clean up is ignored by trio's receiver
-            # (it is closed once we leave this block), and the process's
-            # handlers are restored: a third ^C still ends it the hard way.
-            raise RunInterrupted(int(signum))
+        _watching = True
+        try:
+            task_status.started()
+            async for signum in received:
+                on_signal(signal.Signals(signum).name)
+                raise RunInterrupted(int(signum))
+        finally:
+            _watching = False
 
 
 class deferred:

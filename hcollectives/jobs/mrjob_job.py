@@ -21,7 +21,7 @@ from mrjob.step import MRStep
 
 from ..algorithms.block import Block
 from ..driver.mrjob_launcher import MRJobLauncher, collective_runner_class
-from ..driver.options import add_loop_arguments, load_initial, loop_options_from_args
+from ..driver.options import add_loop_arguments, check_output_path, load_initial, loop_options_from_args
 from ..errors import ConfigurationError, HCollectivesError
 from ..services.task import ENV_PREFIX, TaskEnv
 from .collectives import AllGather, AllReduce, default_post_process
@@ -138,6 +138,7 @@ class MRCollectiveJob(MRJob):
     def run_job(self) -> None:
         self.set_up_logging(quiet=self.options.quiet, verbose=self.options.verbose)
         try:
+            check_output_path(self.options.result)  # before iteration 1, not after the last
             outcome = self.iterate()
         except HCollectivesError as exc:
             print(f"hcollectives: error: {exc}", file=sys.stderr)

@@ -51,6 +51,10 @@ def _load_or_parse(job: MRJob, env: TaskEnv, read: Callable) -> np.ndarray:
 
 def _parse_lines(job: MRJob, env: TaskEnv, lines: Iterable[bytes], read: Callable) -> np.ndarray:
     rows: list[np.ndarray] = []
+    # Rows of every length seen: the count, and the first record that had it. A
+    # length clash is judged against the split's majority once all rows are in:
+    # judged against the first record, one short first row blamed every other.
+    lengths: dict[int, list] = {}
     for number, line in enumerate(lines, 1):
         _, value = read(line.rstrip(b"\r\n"))
         try:
@@ -61,11 +65,19 @@ def _parse_lines(job: MRJob, env: TaskEnv, lines: Iterable[bytes], read: Callabl
         except Exception as exc:  # noqa: BLE001 -- the user's parser failed on this record: say where
             raise BadInputRecord(f"{env.describe()}: parse_input failed on input record {number} "
                                  f"({value!r:.120}): {type(exc).__name__}: {exc}") from None
-        if row.ndim != 1 or (rows and len(row) != len(rows[0])):
-            expected = f"{len(rows[0])} numbers like the records before it" if rows else "one row of numbers"
+        if row.ndim != 1:
             raise BadInputRecord(f"{env.describe()}: parse_input returned shape {row.shape} for input record "
-                                 f"{number} ({value!r:.120}); expected {expected}")
+                                 f"{number} ({value!r:.120}); expected one row of numbers")
+        seen = lengths.setdefault(len(row), [0, number, f"{value!r:.120}"])
+        seen[0] += 1
         rows.append(row)
+    if len(lengths) > 1:
+        majority = max(lengths, key=lambda n: (lengths[n][0], -lengths[n][1]))
+        odd = min((n for n in lengths if n != majority), key=lambda n: lengths[n][1])
+        _, number, shown = lengths[odd]
+        raise BadInputRecord(f"{env.describe()}: parse_input returned {odd} numbers for input record {number} "
+                             f"({shown}); expected {majority} numbers like {lengths[majority][0]} of the "
+                             f"split's {len(rows)} records")
     out = np.stack(rows) if rows else np.empty((0, 0))
     out.setflags(write=False)  # as read-only as the cached copy later iterations get
     return out

@@ -13,7 +13,7 @@ from mrjob.step import MRStep
 
 from ..errors import HCollectivesError
 from ..driver.mrjob_launcher import PYTHON_BIN, MRJobLauncher, collective_runner_class
-from ..driver.options import load_initial, loop_options_from_args
+from ..driver.options import check_output_path, load_initial, loop_options_from_args
 from .wrap import StreamingPostProcess, collective_from_args, write_result
 
 
@@ -61,6 +61,7 @@ def run_main(args: argparse.Namespace, mrjob_args: list[str]) -> int:
     driver = IterativeDriver(options, MRJobLauncher(job), post_process=post, converged=post.converged,
                              initial=initial)
     try:
+        check_output_path(args.result)  # before iteration 1, not after the last
         outcome = driver.run()
     except HCollectivesError as exc:
         print(f"hcollectives: error: {exc}", file=sys.stderr)
