@@ -196,7 +196,9 @@ class Coordinator:
         finally:
             if node is not None and self.nodes.get(node, None) is not None and self.nodes[node].channel is channel:
                 del self.nodes[node]
-                if self._stop is None and self.failure is None:
+                # Not when we are being cancelled: the driver is stopping, and
+                # every connection goes at once (a signal, the end of the run).
+                if self._stop is None and self.failure is None and trio.current_effective_deadline() != -math.inf:
                     self._node_lost(node)
 
     async def _heartbeat(self, node: str, channel: Channel) -> None:

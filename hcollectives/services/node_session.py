@@ -166,6 +166,9 @@ class NodeSession:
             log.warning("node %s: session %s: no word from the coordinator for %gs; the driver is gone",
                         self.node, self.session, silence)
         except (ConnectionLost, HCollectivesError) as exc:
+            # A driver that ends a run says so first (Stop: converged, done, or
+            # aborted); a connection that just closes means the driver died.
+            self.driver_lost = self.stop is None
             log.info("node %s: session %s coordinator connection ended: %s", self.node, self.session, exc)
         finally:
             self.ended.set()
