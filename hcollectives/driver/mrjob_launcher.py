@@ -61,6 +61,10 @@ class MRJobLauncher:
         if shipped:  # the secret reaches tasks as a private file, never in the job's configuration
             path, name = shipped
             kwargs["upload_files"] = [*(kwargs.get("upload_files") or []), f"{path}#{name}"]
+        if not kwargs.get("cleanup_on_failure") and os.environ.get("HCOLLECTIVES_KEEP_TMP") != "1":
+            # mrjob keeps a failed job's temp files by default; on a cluster they
+            # include the uploaded session-secret file (HDFS), so they go too.
+            kwargs["cleanup_on_failure"] = ["TMP"]
         if not kwargs.get("local_tmp_dir") and hasattr(report, "local_tmp_dir"):
             # Inside the driver's temp dir: removed with it, also when the job
             # failed (mrjob keeps those) or the driver was interrupted.
