@@ -147,7 +147,10 @@ def test_daemon_stopped_longer_than_fallback_timeout_same_bits(kmeans_data, refe
     proc = start_driver(tmpdir, kmeans_args(kmeans_data, out))  # --fallback-timeout 2
     try:
         wait_for_iterations(tmpdir, rng.randint(0, ITERATIONS - 3), timeout=60)
-        daemons = pids_of(tmpdir, "hcollectives.services.node_main")
+        deadline = time.monotonic() + 20
+        while not (daemons := pids_of(tmpdir, "hcollectives.services.node_main")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # between iterations no daemon may be up yet
+        assert daemons, "no daemon of the run to stop"
         victim = rng.choice(sorted(daemons))
         os.kill(victim, signal.SIGSTOP)
         try:
