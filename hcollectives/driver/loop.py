@@ -37,6 +37,7 @@ from ..errors import ConfigurationError, HCollectivesError, JobFailed, RunInterr
 from ..protocol.connection import new_secret
 from ..services.coordinator import Coordinator, SessionConfig
 from ..services.node_main import read_secret
+from ..services.rendezvous import remove_stray_unix_dir
 from ..transport.common import parse_address
 from . import signals
 from .redact import Redactor
@@ -237,6 +238,8 @@ class IterativeDriver:
                 # with HCOLLECTIVES_KEEP_TMP the rest of the directory stays.
                 for sock in Path(self.rundir, "zygotes").glob("*.sock"):
                     sock.unlink(missing_ok=True)
+                for node in Path(self.rundir, "nodes").glob("*"):
+                    remove_stray_unix_dir(node)  # of daemons killed during the run
                 if os.environ.get("HCOLLECTIVES_KEEP_TMP") == "1":
                     print(f"hcollectives: kept {tmp} (daemon logs under run/nodes/, mrjob's under mrjob/)",
                           file=self.stream)

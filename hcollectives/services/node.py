@@ -28,7 +28,7 @@ from ..transport.rejections import Rejections
 from ..transport.trio_channel import Channel, listener_address, open_listeners, open_unix_listener, serve
 from .faults import Faults
 from .node_session import NodeSession, Timeouts
-from .rendezvous import default_rundir
+from .rendezvous import STRAY_UNIX_DIR, default_rundir
 from .split_cache import remove_split_cache
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,10 @@ class NodeDaemon:
             os.rmdir(unix_dir)
             unix_dir = tempfile.mkdtemp(prefix="hcx-")
             unix_path = os.path.join(unix_dir, "d.sock")
+            # Outside the rendezvous dir, a daemon killed -9 would leave it behind:
+            # say where it is, so a successor or the driver removes it (rendezvous.py).
+            with open(os.path.join(self._unix_dir, STRAY_UNIX_DIR), "w") as f:
+                f.write(unix_dir)
         try:
             unix = await open_unix_listener(unix_path)
             if unix is not None:

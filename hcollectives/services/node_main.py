@@ -90,8 +90,13 @@ def _remove_orphaned_run(rendezvous: Path) -> None:
     """
     import shutil
 
-    shutil.rmtree(rendezvous, ignore_errors=True)
     rundir = rendezvous.parent.parent
+    from .rendezvous import remove_stray_unix_dir
+
+    for node in (rundir / "nodes").glob("*"):
+        if node != rendezvous:
+            remove_stray_unix_dir(node)  # of killed predecessors (ours goes as we exit)
+    shutil.rmtree(rendezvous, ignore_errors=True)
     driver_rundir = os.environ.get("HCOLLECTIVES_RUNDIR")
     tmp = rundir.parent
     if driver_rundir and Path(driver_rundir) == rundir and tmp.name.startswith("hcollectives-"):

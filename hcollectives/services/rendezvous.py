@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from filelock import FileLock, Timeout
 from ..errors import CollectiveTimeout, HCollectivesError, SessionAborted
 
 LOCAL_NODES_ENV = "HCOLLECTIVES_LOCAL_NODES"
+STRAY_UNIX_DIR = "unix-dir"  # names a daemon's socket dir kept outside its rendezvous dir
 START_TIMEOUT = 30.0  # a cold Python start plus imports, on a loaded 2-core machine
 
 
@@ -115,7 +117,21 @@ def find_or_start_daemon(*, rundir: str, node: str, secret: bytes, timeout: floa
         raise CollectiveTimeout(f"waited {timeout:g}s for the node daemon lock in {directory}") from None
 
 
+def remove_stray_unix_dir(directory: Path) -> None:
+    """Remove the Unix-socket directory a (dead) daemon of *directory* kept in the
+    system's temp dir (node.py: when the rendezvous path is too long for one)."""
+    note = directory / STRAY_UNIX_DIR
+    try:
+        path = Path(note.read_text().strip())
+    except OSError:
+        return
+    if path.name.startswith("hcx-"):
+        shutil.rmtree(path, ignore_errors=True)
+    note.unlink(missing_ok=True)
+
+
 def _start(node: str, directory: Path, secret: bytes, timeout: float) -> str:
+    remove_stray_unix_dir(directory)  # a predecessor's, killed before it could
     log_path = directory / "daemon.log"
     env = dict(os.environ, HCOLLECTIVES_SECRET=secret.hex())  # never on the command line (ps shows it)
     with open(log_path, "ab") as log:
