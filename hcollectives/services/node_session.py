@@ -180,7 +180,7 @@ class NodeSession:
             for node, channel in list(self._peers.items()):
                 if addresses.get(node) != self.addresses.get(node):  # gone, or a successor daemon
                     self._drop_peer(node, channel)
-            for node in [n for n in addresses if n in self.addresses and addresses[n] != self.addresses[n]]:
+            for node in [n for n in addresses if addresses[n] != self.addresses.get(n)]:
                 for state in self.iterations.values():  # a successor has none of what we pushed
                     for sent in state.pushed.values():
                         sent.discard(node)
