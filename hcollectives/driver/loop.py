@@ -234,6 +234,9 @@ class IterativeDriver:
                     # mrjob's local-runner pool workers (forked from us; they hold
                     # copies of the coordinator's sockets) would outlive the stop.
                     signals.end_processes(set(multiprocessing.active_children()) - children_before)
+                    # A fork server notices its socket going only between tasks
+                    # (not while it warms up, seconds on a loaded machine): end it.
+                    signals.end_fork_servers(os.path.join(self.rundir, "zygotes"))
                 # A fork server leaves within ~1 s of its socket file going (launch/zygote.py);
                 # with HCOLLECTIVES_KEEP_TMP the rest of the directory stays.
                 for sock in Path(self.rundir, "zygotes").glob("*.sock"):

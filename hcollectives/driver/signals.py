@@ -83,3 +83,17 @@ def end_processes(processes, grace: float = 2.0) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(1.0)
+
+
+def end_fork_servers(directory: str) -> None:
+    """SIGKILL this run's fork servers: processes whose command line names a socket
+    in *directory* (their tasks die with them: PR_SET_PDEATHSIG)."""
+    from pathlib import Path
+
+    marker = f"--socket\0{directory}/".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in proc.joinpath("cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue

@@ -258,7 +258,7 @@ class Zygote:
                 now = time.monotonic()
                 if self.listener is not None:
                     if not self._socket_is_ours():
-                        log("socket file removed or replaced (run over): no new tasks")
+                        log(f"socket file removed or replaced (run over) after {self.served} tasks: no new tasks")
                         self.stop_listening()
                         continue
                     if not busy and now - self.last_activity >= self.idle_timeout:
