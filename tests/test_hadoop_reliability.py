@@ -40,7 +40,7 @@ def test_secret_is_nowhere_in_a_failing_hadoop_run(cluster_env, tmp_path):
                 *[f"hdfs://{hdfs_in}/{os.path.basename(p)}" for p in data.inputs]], env, cwd=ROOT)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "oops" in done.stderr  # the failure itself is reported
-    secrets_found = list((tmp_path / "tmp").glob("hcollectives-*/hcollectives-session-secret"))
+    secrets_found = list((tmp_path / "tmp").glob("hcollectives-*/hcollectives-session-secret-*"))
     assert len(secrets_found) == 1, list((tmp_path / "tmp").rglob("*"))[:20]
     secret = secrets_found[0].read_text().strip()
     assert len(secret) >= 32

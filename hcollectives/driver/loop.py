@@ -283,7 +283,7 @@ class IterativeDriver:
             return LoopResult(loop_data, first - 1, converged, [])
         self.secret = read_secret(Path(o.secret_file)) if o.secret_file else new_secret()
         self.secret_path = None if o.secret_file else _write_private(
-            os.path.join(self.tmp, SESSION_SECRET_NAME), self.secret.hex())
+            os.path.join(self.tmp, f"{SESSION_SECRET_NAME}-{self.session}"), self.secret.hex())  # one per session
         self.redactor.secrets.append(self.secret.hex())
         config = SessionConfig(self.session, self.secret, o.collective, o.op if o.collective == "allreduce" else "none",
                                o.fanout, store.url, o.fallback_timeout, first, o.allow_nonfinite,
