@@ -24,7 +24,6 @@ from hcollectives.bench import datagen
 from test_hadoop import (  # noqa: F401 -- cluster_env is a fixture used by name
     ITERATION_TIMEOUT,
     SPLITS,
-    TWO_NODES,
     cluster_env,
     hadoop_fs,
     logging_hadoop_bin,
@@ -71,7 +70,7 @@ def test_resident_kmeans_on_yarn_is_one_application_with_the_same_bits(cluster_e
     data = resident_data["kmeans"]
     hadoop_bin, calls = logging_hadoop_bin(cluster_env, tmp_path)
     out = tmp_path / "yarn.npy"
-    done = run(python(ROOT / "examples" / "kmeans.py", *mrjob_hadoop_args(cluster_env), *hadoop_bin, *TWO_NODES,
+    done = run(python(ROOT / "examples" / "kmeans.py", *mrjob_hadoop_args(cluster_env), *hadoop_bin,
                       *ITERATION_TIMEOUT, "--resident", "--initial", data.initial, "--max-iterations", ITERATIONS,
                       "--tolerance", "0", "--result", out, resident_data["kmeans_hdfs"]), cluster_env)
     assert done.returncode == 0, stderr_tail(done)
@@ -95,7 +94,7 @@ def test_killed_resident_task_on_yarn_rejoins_with_the_same_bits(cluster_env, re
     log = tmp_path / "block.log"
     script = JOBS / "block_sum.py"
     common = ["--initial", resident_data["zeros"], "--max-iterations", ITERATIONS, "--resident"]
-    done = run(python(script, *mrjob_hadoop_args(cluster_env), *TWO_NODES, *ITERATION_TIMEOUT, *common,
+    done = run(python(script, *mrjob_hadoop_args(cluster_env), *ITERATION_TIMEOUT, *common,
                       "--cmdenv", f"BLOCK_LOG={log}", "--die-at", "3:120", "--result", tmp_path / "yarn.npy",
                       resident_data["rows_hdfs"]), cluster_env)
     assert done.returncode == 0, stderr_tail(done)

@@ -163,7 +163,7 @@ class ResidentDriver(IterativeDriver):
         if not self._stopping and self.coordinator.failure is None:
             # The job ended although the loop goes on: its tasks cannot come back.
             error = self._job_errors.get(i)
-            self.coordinator.abort(f"the resident job ended before the loop did"
+            self.coordinator.abort("the resident job ended before the loop did"
                                    + (f": {error}" if error else " (its tasks exited)"))
 
     def _task_env(self, i: int) -> dict[str, str]:

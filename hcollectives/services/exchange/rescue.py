@@ -16,6 +16,7 @@ from ... import store as st
 from ...algorithms.block import Block
 from ...algorithms.gather import GatherAssembly
 from ...algorithms.reduction import reduce_blocks
+from ...algorithms import doubling_allreduce, plan
 from ...algorithms.ring_allreduce import reference_result
 from ...algorithms.topology import Tree
 from ...protocol import messages as m
@@ -51,6 +52,11 @@ def result_from_store(store: st.Store, session: str, seal: m.Seal, collective: s
             assembly.add(piece_id(t, a), store.load_block(st.contribution_path(session, seal.iteration, t, a)))
         return assembly.result()
     locals_ = node_locals(store, session, seal, op)
-    if seal.layout:
+    # In the order of the exchange the daemons run (algorithms/plan.py), so a
+    # rescued result has the very bits the surviving nodes computed.
+    strategy = plan.allreduce_strategy(seal.layout)
+    if strategy == "ring":
         return reference_result(locals_, op)
+    if strategy == "doubling":
+        return doubling_allreduce.reference_result(locals_, op)
     return subtree_partial(locals_, Tree(len(seal.members), fanout), 0, op)
