@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runprobe import kill_all, leftover_files, pids_of, run_processes, start_driver, wait_for_iterations, wait_gone
+from runprobe import kill_all, leftover_files, pids_of, start_driver, wait_for_iterations, wait_gone
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 

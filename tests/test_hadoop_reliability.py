@@ -13,7 +13,6 @@ the test needs no way to choose it.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 

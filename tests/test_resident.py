@@ -1,6 +1,5 @@
 """Resident mode on mrjob's local runner: one job for the whole loop, tasks kept alive."""
 
-import os
 import time
 from pathlib import Path
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 
-import numpy as np
-import pytest
 
 from hcollectives import AllReduce, store as st
 from hcollectives.jobs import resident_task
