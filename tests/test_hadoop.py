@@ -500,7 +500,10 @@ def kmeans_on_yarn(cluster_env, data, tmp_path_factory):
     # whole iteration can run on the other one, and then nobody has a result to lose.
     done = run([sys.executable, ROOT / "examples" / "kmeans.py", *mrjob_hadoop_args(cluster_env), *TWO_NODES,
                 "--no-speculative",
-                "--cmdenv", "HCOLLECTIVES_FAULTS=drop:result:*:1", "--checkpoint-uri", store,
+                # The tree's broadcast Result is what is lost: small AllReduces run the tree
+                # only when asked (recursive doubling has no broadcast; algorithms/plan.py).
+                "--cmdenv", "HCOLLECTIVES_FAULTS=drop:result:*:1", "--cmdenv", "HCOLLECTIVES_ALLREDUCE_SMALL=tree",
+                "--checkpoint-uri", store,
                 "--fallback-timeout", "2", *ITERATION_TIMEOUT, "--initial", data.kmeans.initial,
                 "--max-iterations", ITERATIONS,
                 "--tolerance", "0", "--result", result, data.kmeans.hdfs], cluster_env)
