@@ -474,10 +474,19 @@ class IterativeDriver:
         finally:
             self.coordinator.mark(i, "job_finished")
             done.set()
-        if i in self._job_errors and not self._stopping and self.coordinator.record(i).result is None:
+        error = self._job_errors.get(i)
+        if error is not None and self._unfinished(i):
             # Give a task's own report (which names the record) a moment to arrive first.
             await trio.sleep(1.0)
-            self.coordinator.abort(f"iteration {i}'s job failed: {self._job_errors[i]}")
+            # The iteration may have finished (and been forgotten) meanwhile: a job
+            # that fails after its collective is the loop's business, not an abort.
+            if self._unfinished(i):
+                self.coordinator.abort(f"iteration {i}'s job failed: {error}")
+
+    def _unfinished(self, i: int) -> bool:
+        """Iteration i has no result yet (a forgotten iteration is a finished one)."""
+        return (not self._stopping and i >= self.coordinator.floor
+                and self.coordinator.record(i).result is None)
 
     def _task_env(self, i: int) -> dict[str, str]:
         o = self.options
