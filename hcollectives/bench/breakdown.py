@@ -24,7 +24,7 @@ so a part's seconds are the wall time it accounts for, not task-seconds.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 PARTS = ("scheduling", "data_load", "compute", "map_overhead", "comm_reduction", "cleanup")
 
@@ -82,6 +82,20 @@ def iteration_breakdown(tasks: Iterable[Mapping], start: float, stop: float, *, 
         parts[tail] = stop - start
         return parts
     last_end = max(b for _, b, _ in intervals)
+
+    def idle(left: float) -> str:
+        if left >= last_end:
+            return tail
+        return "comm_reduction" if left >= last_map_end else "scheduling"
+
+    _share_time(intervals, start, stop, parts, idle)
+    return parts
+
+
+def _share_time(intervals: list[tuple[float, float, Mapping[str, float]]], start: float, stop: float,
+                parts: dict[str, float], idle: Callable[[float], str]) -> None:
+    """Add [start, stop] to *parts*: each instant split evenly among the intervals
+    busy then (by their weights), an idle instant to the part *idle(left edge)* names."""
     edges = sorted({start, stop, *(a for a, _, _ in intervals), *(b for _, b, _ in intervals)})
     for left, right in zip(edges, edges[1:]):
         width = right - left
@@ -90,13 +104,8 @@ def iteration_breakdown(tasks: Iterable[Mapping], start: float, stop: float, *, 
             for weights in active:
                 for part, share in weights.items():
                     parts[part] += width * share / len(active)
-        elif left >= last_end:
-            parts[tail] += width
-        elif left >= last_map_end:
-            parts["comm_reduction"] += width
         else:
-            parts["scheduling"] += width
-    return parts
+            parts[idle(left)] += width
 
 
 def breakdown(records: Iterable[Mapping], windows: Iterable[tuple[int, float, float]], *,
@@ -185,14 +194,6 @@ def resident_breakdown(records: Iterable[Mapping],
                 a, b = max(a, start), min(b, stop)
                 if b > a and w and not set(w) <= {"waiting"}:  # waiting is what idle time is
                     intervals.append((a, b, w))
-        edges = sorted({start, stop, *(a for a, _, _ in intervals), *(b for _, b, _ in intervals)})
-        for left, right in zip(edges, edges[1:]):
-            width = right - left
-            active = [w for a, b, w in intervals if a <= left and b >= right]
-            if active:
-                for weights in active:
-                    for part, share in weights.items():
-                        parts[part] += width * share / len(active)
-            else:
-                parts["collective" if left >= last_contribution else "waiting"] += width
+        _share_time(intervals, start, stop, parts,
+                    lambda left, last=last_contribution: "collective" if left >= last else "waiting")
     return out
