@@ -229,7 +229,7 @@ def wait_for_iterations_in(ckpt: Path, n: int, timeout: float) -> None:
 
 # -- soaks: memory and store size over many iterations -------------------------------------------
 
-SOAK_ITERATIONS = int(os.environ.get("HCOLLECTIVES_SOAK_ITERATIONS", "30"))
+SOAK_ITERATIONS = int(os.environ.get("HCOLLECTIVES_SOAK_ITERATIONS", "60"))
 ROWS, COLS = 1024, 128  # 1 MiB of float64
 
 
@@ -284,7 +284,10 @@ def test_soak_1mib_memory_and_store_stay_flat(tmp_path, collective):
     expected = np.full((ROWS, COLS), 2.0 - 2.0 ** (1 - SOAK_ITERATIONS))
     np.testing.assert_allclose(np.load(out), expected, rtol=0, atol=1e-12)
     report = []
-    warmed = max(3, SOAK_ITERATIONS // 4)  # allocator arenas and caches settle in the first iterations
+    # glibc raises its mmap threshold after the first 1 MiB frees, so 1 MiB arrays move onto the
+    # heap and the driver's heap grows for ~20 iterations before it settles (seen: +8 MiB from
+    # iteration 7 to 22, then +0.3 MiB from 22 to 90); growth is measured after that.
+    warmed = max(3, SOAK_ITERATIONS // 3)
     for pid, series in samples.items():
         warm = [rss for it, rss in series if warmed <= it <= warmed + 1]
         late = [rss for it, rss in series if it >= SOAK_ITERATIONS - 2]

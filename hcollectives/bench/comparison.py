@@ -97,8 +97,8 @@ class WayResult:
             "median_from_iteration_3_s": round(statistics.median(late), 4),
             "steady_mean_s": round(statistics.fmean(steady), 4),
             "wall_s": round(self.wall_s, 3),
-            "breakdown_mean_s": {k: round(v, 4) for k, v in bd.mean_parts(self.parts).items()},
-            "breakdown_per_iteration_s": {str(i): {k: round(v, 4) for k, v in p.items()}
+            "breakdown_mean_s": {k: round(v, 6) for k, v in bd.mean_parts(self.parts).items()},
+            "breakdown_per_iteration_s": {str(i): {k: round(v, 6) for k, v in p.items()}
                                           for i, p in sorted(self.parts.items())},
         } | ({"events_per_iteration_s": {str(i): {k: round(v, 3) for k, v in sorted(e.items(), key=lambda kv: kv[1])}
                                          for i, e in sorted(self.events.items())}} if self.events else {})
