@@ -249,3 +249,21 @@ def test_add_filesystems_without_hdfs_native(monkeypatch):
     composite = CompositeFilesystem()
     add_filesystems(composite, ["hadoop"])
     assert composite._fs_names == ["hadoop", "local"]
+
+
+def test_count_input_files_expands_globs_and_directories(tmp_path, monkeypatch):
+    """The resident slot check counts map tasks from this: a glob of 4 files is 4 tasks, not 1."""
+    for k in range(4):
+        local_file(tmp_path, f"points-{k}.csv", b"1,2\n")
+    (tmp_path / "more").mkdir()
+    local_file(tmp_path / "more", "a.txt", b"x\n")
+    local_file(tmp_path / "more", "b.txt", b"y\n")
+    hadoop = tmp_path / "hadoop"
+    hadoop.write_text("#!/bin/sh\necho 'ls: no NameNode here' >&2\nexit 1\n")
+    hadoop.chmod(0o755)
+    monkeypatch.setenv("HCOLLECTIVES_NATIVE_HDFS", "0")
+    count = mrjob_hdfs.count_input_files
+    assert count([str(tmp_path / "points-*.csv")], [str(hadoop)]) == 4
+    assert count([str(tmp_path / "points-*.csv"), str(tmp_path / "more")], [str(hadoop)]) == 6
+    # What cannot be listed (no match, an HDFS that does not answer) counts once: a lower bound.
+    assert count([str(tmp_path / "none-*.csv"), "hdfs://nowhere:1/x/*"], [str(hadoop)]) == 2

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import posixpath
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from urllib.parse import urlparse
@@ -225,3 +227,21 @@ def add_filesystems(composite, hadoop_bin: list[str] | None, env=os.environ) -> 
         composite.add_fs("hdfs_native", NativeHDFSFilesystem(default_authority(env)), disable_if=_disable_on)
     composite.add_fs("hadoop", CachedVersionHadoopFilesystem(hadoop_bin))
     composite.add_fs("local", LocalFilesystem())
+
+
+def count_input_files(paths: list[str], hadoop_bin: list[str] | None, env=os.environ) -> int:
+    """How many files the job's input *paths* name, globs and directories expanded as mrjob
+    does (one map task each at least; a file larger than a block makes more). A path that
+    cannot be listed counts as one: this is a lower bound for a check, not the job's input."""
+    from mrjob.fs.composite import CompositeFilesystem
+
+    fs = CompositeFilesystem()
+    add_filesystems(fs, hadoop_bin, env)
+    total = 0
+    for path in paths:
+        try:
+            total += max(1, sum(1 for _ in fs.ls(path)))
+        except (OSError, ValueError, subprocess.SubprocessError, StoreError, ConfigurationError) as exc:
+            logging.getLogger(__name__).info("counting input files: %s: %s", path, exc)
+            total += 1
+    return total

@@ -10,8 +10,8 @@ job's configuration (``-D``/``--jobconf``), else the cluster's
 mapred-site.xml, else Hadoop's defaults, rounded up to YARN's minimum
 allocation as the scheduler does.
 
-The task count is a lower bound here (one split per input path; a large file
-makes more): the driver's start guard (driver/resident.py) catches the rest.
+The task count is a lower bound here (one split per input file, globs and
+directories expanded; a file larger than a block makes more): the driver's start guard (driver/resident.py) catches the rest.
 No answer from the ResourceManager is not an error: the start guard still
 bounds the wait.
 """

@@ -131,9 +131,11 @@ class MRCollectiveJob(MRJob):
         if self.options.runner != "hadoop":
             return
         from ..hadoop import yarn_slots
+        from ..hadoop.mrjob_hdfs import count_input_files
 
-        yarn_slots.check_resident_slots(jobconf=dict(self._runner_kwargs().get("jobconf") or {}),
-                                        min_tasks=len(self.options.args))
+        kwargs = self._runner_kwargs()
+        tasks = count_input_files(list(self.options.args), kwargs.get("hadoop_bin"))  # globs expanded
+        yarn_slots.check_resident_slots(jobconf=dict(kwargs.get("jobconf") or {}), min_tasks=tasks)
 
     def run_job(self) -> None:
         self.set_up_logging(quiet=self.options.quiet, verbose=self.options.verbose)
