@@ -105,7 +105,8 @@ class _DaemonPool:
                 future.set_exception(exc)
 
 
-_POOL = _DaemonPool(max_workers=4)
+POOL_THREADS = 4  # filesystem calls of one process at once
+_POOL = _DaemonPool(max_workers=POOL_THREADS)
 os.register_at_fork(after_in_child=_POOL._reset)
 
 

@@ -33,8 +33,9 @@ ROUNDS = 12  # each round would fail with probability 1/2 if the order mattered
 class ScriptedCoordinator:
     """Just enough of a coordinator for one node and one task per session."""
 
-    def __init__(self, collective: str) -> None:
+    def __init__(self, collective: str, checkpoint_uri: str = "") -> None:
         self.collective = collective
+        self.checkpoint_uri = checkpoint_uri
         self.results: dict[str, Block] = {}
         self.errors: list[str] = []
         self.changed = trio.Event()
@@ -50,7 +51,7 @@ class ScriptedCoordinator:
         assert isinstance(join, m.NodeJoin)
         s = join.session
         op = "sum" if self.collective == "allreduce" else "none"
-        await channel.send(m.SessionInfo(s, self.collective, op, 2, "", 5.0, 1, False, 0), timeout=5)
+        await channel.send(m.SessionInfo(s, self.collective, op, 2, self.checkpoint_uri, 5.0, 1, False, 0), timeout=5)
         await channel.send(m.Members(s, [join.node], [join.address]), timeout=5)
         while True:
             event = await channel.receive()
@@ -161,3 +162,51 @@ def test_loop_data_reply_read_during_the_request_is_not_missed(during_send):
         np.testing.assert_array_equal(task.sent[0].data, np.ones((2, 2)))
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_only_a_durable_contribution_waits_for_its_store_copy(tmp_path, monkeypatch, durable):
+    """A task that exits after its ack must know its piece is in the store; a resident
+    task that goes on needs only the claim (its HDFS write then runs beside the collective)."""
+    from hcollectives.store import Store
+
+    written, release = threading.Event(), threading.Event()
+    save_block = Store.save_block
+
+    def slow_save(self, path, block):
+        release.wait(20)  # the store write is held until the test lets it go
+        save_block(self, path, block)
+        written.set()
+
+    monkeypatch.setattr(Store, "save_block", slow_save)
+
+    async def main() -> tuple[list, bool]:
+        coord = ScriptedCoordinator("allreduce", f"file://{tmp_path / 'store'}")
+        daemon = NodeDaemon(node="n0", secret=SECRET, timeouts=TIMEOUTS)
+        out: list = []
+        with trio.fail_after(40):
+            async with trio.open_nursery() as nursery:
+                caddr = await nursery.start(coord.serve)
+                addr = await nursery.start(daemon.run)
+                env = TaskEnv("sd", caddr, SECRET, 1, "task_0", "task_0_a0", 1, "n0", "/nonexistent", addr,
+                              "test", 10.0)
+
+                def task() -> None:
+                    with TaskClient(env) as client:
+                        client.start()
+                        client.loop_data(lambda r, p: (p, False))
+                        out.append(client.contribute(Block.from_dict({0: np.array([1.0, 2.0])}), durable))
+
+                thread = threading.Thread(target=task, daemon=True)
+                thread.start()
+                await trio.to_thread.run_sync(thread.join, 3)
+                answered_before_write = out == [True] and not written.is_set()
+                release.set()
+                await trio.to_thread.run_sync(thread.join, 10)
+                await trio.to_thread.run_sync(written.wait, 10)
+                nursery.cancel_scope.cancel()
+        return out, answered_before_write
+
+    out, answered_before_write = trio.run(main)
+    assert out == [True]
+    assert answered_before_write is (not durable)

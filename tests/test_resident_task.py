@@ -55,8 +55,11 @@ def test_loops_until_stopped_reporting_each_iteration_to_hadoop(capsys):
 
 
 def test_stops_after_the_last_iteration_without_asking():
-    task = FakeTask(env())
-    assert resident_task.run_resident(FakeJob(), task, lambda: None, environ={resident_task.LAST_ENV: "2"}) == 2
+    task, durable = FakeTask(env()), []
+    body = lambda: durable.append(task.exits_after_contributing)  # noqa: E731
+    assert resident_task.run_resident(FakeJob(), task, body, environ={resident_task.LAST_ENV: "3"}) == 3
+    # Only the contribution the task exits after waits for its store copy (m.Contribute.durable).
+    assert durable == [False, False, True]
 
 
 def test_a_retried_attempt_rejoins_after_the_last_finished_iteration(tmp_path):

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 4
 # How often a run whose node daemon was lost starts again from its last finished iteration.
 MAX_RESTARTS = 2
+# How long the loop may still take, after the resident tasks ended normally, to
+# finish the iterations they completed (it writes each iteration's loop data).
+LAGGING_LOOP_GRACE = 120.0
 # Thread-pool sizes of the BLAS libraries numpy may use (read when numpy is imported).
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Failures that a restart can cure: a daemon (node) lost, or the job's tasks gone.
@@ -160,11 +163,21 @@ class ResidentDriver(IterativeDriver):
 
     async def _run_job(self, i: int, done: trio.Event) -> None:
         await super()._run_job(i, done)
-        if not self._stopping and self.coordinator.failure is None:
-            # The job ended although the loop goes on: its tasks cannot come back.
-            error = self._job_errors.get(i)
-            self.coordinator.abort("the resident job ended before the loop did"
-                                   + (f": {error}" if error else " (its tasks exited)"))
+        coord = self.coordinator
+        if self._stopping or coord.failure is not None:
+            return
+        error = self._job_errors.get(i)
+        if error is None and _all_contributions_in(coord):
+            # The tasks stop by themselves after the last iteration (or when their
+            # node's post_process converged) and can end while this loop is still
+            # saving earlier iterations: the daemons finish the sealed collectives.
+            with trio.move_on_after(LAGGING_LOOP_GRACE):
+                while not self._stopping and coord.failure is None:
+                    await trio.sleep(0.05)
+            if self._stopping or coord.failure is not None:
+                return
+        # The job ended although the loop goes on: its tasks cannot come back.
+        coord.abort("the resident job ended before the loop did" + (f": {error}" if error else " (its tasks exited)"))
 
     def _task_env(self, i: int) -> dict[str, str]:
         from ..launch.resident_env import LAST_ENV, RESIDENT_ENV, STORE_ENV
@@ -182,6 +195,11 @@ class ResidentDriver(IterativeDriver):
             if name not in os.environ and name not in dict(self.options.extra_env):
                 env[name] = "1"
         return env
+
+
+def _all_contributions_in(coord) -> bool:
+    """Is every iteration that any task contributed to sealed (all its contributions in)?"""
+    return all(rec.sealed for rec in list(coord.iterations.values()) if rec.claims)
 
 
 class _OneJob:

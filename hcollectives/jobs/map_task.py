@@ -33,6 +33,7 @@ class MapTask:
         self.acc = Accumulator(collective.op if collective.name == "allreduce" else None)
         self.records = 0
         self.reduce_s = 0.0  # seconds in add(): the task-level reduction (the resident breakdown shows it)
+        self.exits_after_contributing = True  # False for a resident task before its last iteration
 
     def collect_all(self, pairs: Iterable | None, origin: str, source: Any = None) -> tuple:
         for key, value in pairs or ():
@@ -52,7 +53,7 @@ class MapTask:
 
     def finish(self) -> bool:
         """Hand the task's block to the daemon; True if this attempt counts."""
-        return self.client.contribute(self.acc.block())
+        return self.client.contribute(self.acc.block(), durable=self.exits_after_contributing)
 
 
 def run_task(task: MapTask, body: Callable[[], None]) -> None:

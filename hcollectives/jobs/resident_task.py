@@ -89,6 +89,10 @@ def run_resident(job: "MRCollectiveJob", task: MapTask, iteration_body: Callable
         job._hc_loop_data = None
         job._hc_times = times = {"start": time.time()}
         task.reduce_s = 0.0
+        # Only a task that exits after this contribution needs it in the store before
+        # the ack (m.Contribute); the others save an HDFS write per iteration (0.5 s
+        # of a 0.55 s iteration on the mini-cluster).
+        task.exits_after_contributing = last is not None and i >= last
         try:
             iteration_body()
         except IterationStopped:

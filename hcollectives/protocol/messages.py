@@ -215,13 +215,21 @@ class PostProcessLease(Message):
     result: Block
 
 
-@message("contribute", session="ident", iteration="iteration", task="ident", attempt="ident", block="block")
+@message("contribute", session="ident", iteration="iteration", task="ident", attempt="ident", block="block",
+         durable="bool")
 class Contribute(Message):
+    """A task's block. With *durable*, the daemon acks only once the block is in the
+    store: the task exits after its ack, and if the daemon is lost then, the store
+    holds the only copy. A resident task between iterations stays alive (and a
+    lost daemon restarts the run from the last finished iteration), so it asks
+    for the claim only and the store write runs beside the collective."""
+
     session: str
     iteration: int
     task: str
     attempt: str
     block: Block
+    durable: bool = True
 
 
 @message("contribute_ack", session="ident", iteration="iteration", task="ident", attempt="ident", accepted="bool")

@@ -76,6 +76,9 @@ class NodeSession:
         self.faults = faults
         self.nursery: trio.Nursery | None = None  # set by the daemon before join()
         self._pending_checkpoints = 0
+        # As many store writes at once as the store has threads; the rest wait
+        # here, where a copy that became useless meanwhile is dropped.
+        self._store_writers = trio.CapacityLimiter(st.POOL_THREADS)
         self.info: m.SessionInfo | None = None
         self.store: st.Store | None = None
         self.members: list[str] = []
@@ -322,7 +325,8 @@ class NodeSession:
             return ack(False)
         checkpointed = trio.Event()
         if self.store is not None:
-            self.nursery.start_soon(self._checkpoint, i, task, attempt, event.block, checkpointed)
+            self.nursery.start_soon(self._store_copy, i, st.contribution_path(self.session, i, task, attempt),
+                                    event.block, checkpointed)
         else:
             checkpointed.set()
         key = (i, task, attempt)
@@ -341,12 +345,13 @@ class NodeSession:
                     raise CollectiveTimeout(f"coordinator did not answer the claim of {task} within {self.timeouts.connect:g}s") from None
         finally:
             self._offered.pop(key, None)
-        # The task is told only once its piece is in the store (written alongside
-        # the claim, so usually already there): a task that has its ack exits,
-        # and if this daemon is then lost, its successor and the other nodes can
-        # only get the piece from the store.
-        with trio.move_on_after(self.timeouts.store):
-            await checkpointed.wait()
+        # A durable contribution is told only once its piece is in the store
+        # (written alongside the claim, so usually already there): that task exits
+        # after its ack, and if this daemon is then lost, its successor and the
+        # other nodes can only get the piece from the store.
+        if event.durable:
+            with trio.move_on_after(self.timeouts.store):
+                await checkpointed.wait()
         # An accepted block was already recorded (`_accept`) when the answer was read.
         return ack(self._claims.pop(key).accepted)
 
@@ -357,18 +362,26 @@ class NodeSession:
             state.gather.add(piece_id(task, attempt), block)
             self.nursery.start_soon(gather.push_pieces, self, i)
 
-    async def _checkpoint(self, iteration: int, task: str, attempt: str, block: Block, done: trio.Event) -> None:
-        path = st.contribution_path(self.session, iteration, task, attempt)
+    async def _store_copy(self, iteration: int, path: str, block: Block, done: trio.Event | None = None) -> None:
+        """Write a contribution's or a result's fallback copy, in the background: an
+        HDFS write takes ~0.5 s (the close waits for the DataNode's block report),
+        longer than a resident iteration, so nothing on the collective's path waits
+        for one (`drain` lets the pending ones land when the session ends). Copies
+        of an iteration this node has forgotten (`_saw_seal`) are not written: when
+        iterations outrun the store, the backlog stays bounded."""
         self._pending_checkpoints += 1
         try:
-            await trio.to_thread.run_sync(self.store.save_block, path, block)
+            async with self._store_writers:
+                if iteration >= self.floor:
+                    await trio.to_thread.run_sync(self.store.save_block, path, block)
         except HCollectivesError as exc:
-            # The checkpoint is the fallback copy: losing it is only fatal if a
-            # peer later needs it, and that peer will report the missing file.
+            # The copy is the fallback: losing it is only fatal if a peer later
+            # needs it, and that peer will report the missing file.
             log.warning("node %s: checkpoint of %s failed: %s", self.node, path, exc)
         finally:
             self._pending_checkpoints -= 1
-            done.set()
+            if done is not None:
+                done.set()
             self.notify()
 
     async def next_change(self) -> None:
@@ -530,8 +543,9 @@ class NodeSession:
         if is_root:
             await self.to_coordinator(m.Result(self.session, iteration, result))
         if is_root and self.store is not None:
-            path = st.result_path(self.session, iteration)
-            await trio.to_thread.run_sync(self.store.save_block, path, result)
+            # Not awaited here: finish() often runs in a peer's reader task, which
+            # must go on reading the next iteration's steps meanwhile.
+            self.nursery.start_soon(self._store_copy, iteration, st.result_path(self.session, iteration), result)
 
     # -- lifetime -----------------------------------------------------------------------------
 

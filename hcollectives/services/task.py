@@ -182,13 +182,14 @@ class TaskClient:
             self._raise_stop(reply)
         raise ProtocolError(f"daemon answered GetLoopData with {type(reply).__name__}")
 
-    def contribute(self, block: Block) -> bool:
-        """Hand the task's output to the daemon; True if this attempt counts."""
-        return self._retrying(lambda: self._contribute(block))
+    def contribute(self, block: Block, durable: bool = True) -> bool:
+        """Hand the task's output to the daemon; True if this attempt counts.
+        *durable*: answer only once the block is in the store (m.Contribute)."""
+        return self._retrying(lambda: self._contribute(block, durable))
 
-    def _contribute(self, block: Block) -> bool:
+    def _contribute(self, block: Block, durable: bool) -> bool:
         env = self.env
-        self._send(m.Contribute(env.session, env.iteration, env.task, env.attempt, block))
+        self._send(m.Contribute(env.session, env.iteration, env.task, env.attempt, block, durable))
         reply = self._receive(env.timeout)
         if isinstance(reply, m.ContributeAck):
             return reply.accepted
