@@ -62,6 +62,30 @@ def test_stops_after_the_last_iteration_without_asking():
     assert durable == [False, False, True]
 
 
+def test_a_rejoining_attempt_skips_iterations_that_finished_without_it():
+    from hcollectives.services.task import IterationFinished
+
+    task, ran = FakeTask(env(attempt="attempt_x_m_000003_1")), []
+
+    def body():
+        if task.env.iteration < 4:  # the daemon: "iteration N already finished"
+            raise IterationFinished(f"iteration {task.env.iteration} already finished")
+        ran.append(task.env.iteration)
+
+    assert resident_task.run_resident(FakeJob(), task, body, environ={resident_task.LAST_ENV: "5"}) == 2
+    assert ran == [4, 5]
+    # Once it has contributed, a finished iteration means another attempt counted: it ends.
+    task, ran = FakeTask(env()), []
+
+    def body_after():
+        if task.env.iteration == 2:
+            raise IterationFinished("iteration 2 already finished")
+        ran.append(task.env.iteration)
+
+    assert resident_task.run_resident(FakeJob(), task, body_after, environ={resident_task.LAST_ENV: "5"}) == 1
+    assert ran == [1]
+
+
 def test_a_retried_attempt_rejoins_after_the_last_finished_iteration(tmp_path):
     store = st.Store(f"file://{tmp_path}")
     environ = {resident_task.STORE_ENV: store.url}

@@ -366,7 +366,11 @@ class IterativeDriver:
             coord.set_loop_data(i + 1, new)
             rec = coord.record(i)
             rec.mark("post_processed")
-            await trio.to_thread.run_sync(self._save_progress, store, i, new, converged)
+            if converged or i >= last or not coord.has_result(i + 1):
+                await trio.to_thread.run_sync(self._save_progress, store, i, new, converged)
+            # else: resident tasks already finished i+1, and i's state would be stale
+            # as soon as written; on HDFS a save takes ~1 s, 20 resident iterations,
+            # so saving each one would leave this loop ever further behind.
             start = previous_result_at if previous_result_at is not None else rec.times["submitted"]
             previous_result_at = rec.times["result"]
             timing = IterationTiming(i, previous_result_at - start, converged,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from ..algorithms.reduction import Accumulator
 from ..launch.resident_env import LAST_ENV, STORE_ENV, attempt_number, is_resident  # noqa: F401 -- re-exported
 from ..protocol import messages as m
-from ..services.task import IterationStopped, TaskEnv
+from ..services.task import IterationFinished, IterationStopped, TaskEnv
 from .map_task import MapTask
 
 if TYPE_CHECKING:
@@ -95,6 +95,14 @@ def run_resident(job: "MRCollectiveJob", task: MapTask, iteration_body: Callable
         task.exits_after_contributing = last is not None and i >= last
         try:
             iteration_body()
+        except IterationFinished:
+            if done:  # a later attempt of ours counted instead: nothing left for this one
+                break
+            # A retried attempt rejoins where the driver last saved its state, which
+            # can be iterations behind the tasks (the driver saves only the newest
+            # state it has, and HDFS writes are slow): go on to the next one.
+            i += 1
+            continue
         except IterationStopped:
             break
         times.update(i=i, contributed=time.time(), reduce_s=task.reduce_s)

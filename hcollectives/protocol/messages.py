@@ -250,14 +250,17 @@ class TaskFailed(Message):
     message: str
 
 
-@message("stop", session="ident", iteration="iteration", converged="bool", reason="text")
+@message("stop", session="ident", iteration="iteration", converged="bool", reason="text", finished="bool")
 class Stop(Message):
-    """No work for `iteration`: the loop converged before it, or the session ended."""
+    """No work for `iteration`: the loop converged before it, or the session ended,
+    or (*finished*) the iteration is over already and later ones go on: a late
+    attempt of it has nothing to add, a rejoining resident task goes on to the next."""
 
     session: str
     iteration: int
     converged: bool
     reason: str
+    finished: bool = False
 
 
 # -- node daemon <-> coordinator --------------------------------------------------------

@@ -419,6 +419,10 @@ class Coordinator:
     async def wait_all_started(self, iteration: int) -> None:
         await self._wait_until(lambda: True if self.record(iteration).all_started else None)
 
+    def has_result(self, iteration: int) -> bool:
+        rec = self.iterations.get(iteration)
+        return rec is not None and rec.result is not None
+
     async def wait_result(self, iteration: int, timeout: float = math.inf) -> Block:
         return await self._wait_until(lambda: self.record(iteration).result, timeout)
 

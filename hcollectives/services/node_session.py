@@ -261,8 +261,10 @@ class NodeSession:
             if iteration < self.sealed_max:
                 # iteration+1 is sealed, so this iteration's pieces were fixed long
                 # ago: a late (retried or speculative) attempt cannot count. It
-                # exits with no output, as after convergence.
-                await channel.send(m.Stop(self.session, iteration, True, f"iteration {iteration} already finished"),
+                # exits with no output, as after convergence; a rejoining resident
+                # task goes on to the next iteration (m.Stop.finished).
+                await channel.send(m.Stop(self.session, iteration, True, f"iteration {iteration} already finished",
+                                          finished=True),
                                    timeout=self.timeouts.connect)
                 return
             state = self.it(iteration)

@@ -39,6 +39,10 @@ class IterationStopped(Exception):
         self.reason = reason
 
 
+class IterationFinished(IterationStopped):
+    """This iteration is over already, but the loop goes on (m.Stop.finished)."""
+
+
 def _clean_id(raw: str) -> str:
     # Hadoop ids are already clean; mrjob's simulated ones embed the job key.
     return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)[-180:]
@@ -213,6 +217,8 @@ class TaskClient:
         self.close()
 
     def _raise_stop(self, stop: m.Stop) -> None:
+        if stop.finished:
+            raise IterationFinished(stop.reason)
         if stop.converged:
             raise IterationStopped(stop.reason)
         raise SessionAborted(stop.reason)
