@@ -165,6 +165,40 @@ def test_daemon_stopped_longer_than_fallback_timeout_same_bits(kmeans_data, refe
     assert np.array_equal(np.load(out), reference)
 
 
+def test_daemon_stalled_past_the_heartbeat_silence_keeps_its_session_same_bits(kmeans_data, reference, tmp_path):
+    """SIGSTOP a daemon for 12 s, longer than the 8 s of coordinator silence after
+    which a daemon takes the driver for dead, then SIGCONT. The heartbeats sent
+    meanwhile wait in its socket: it must count only its own running time, keep
+    its session (before the fix it ended it, removed the live run's directory,
+    and the run failed with "iteration 2's job failed"), and the run finish
+    with the same bits: the other node's collective falls back to the store
+    after --fallback-timeout, and the exactly-once claims keep the stalled
+    node's late pieces from counting twice."""
+    tmpdir, out = tmp_path / "tmp", tmp_path / "out.npy"
+    proc = start_driver(tmpdir, kmeans_args(kmeans_data, out))  # --fallback-timeout 2
+    try:
+        wait_for_iterations(tmpdir, 1, timeout=60)
+        deadline = time.monotonic() + 20
+        while not (daemons := pids_of(tmpdir, "hcollectives.services.node_main")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert daemons, "no daemon of the run to stop"
+        victim = min(daemons)
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            time.sleep(12.0)  # > Timeouts.coordinator_silence (8 s)
+        finally:
+            os.kill(victim, signal.SIGCONT)
+        time.sleep(1.5)
+        kept = victim in pids_of(tmpdir, "hcollectives.services.node_main") or proc.poll() is not None
+        code, err = finish(proc, tmpdir)
+    finally:
+        proc.kill()
+        kill_all(tmpdir)
+    assert code == 0, err
+    assert kept, "the stalled daemon exited while its driver was still running"
+    assert np.array_equal(np.load(out), reference)
+
+
 # -- a full store --------------------------------------------------------------------------------
 
 
