@@ -206,9 +206,9 @@ def test_daemon_stalled_past_the_heartbeat_silence_keeps_its_session_same_bits(k
 
 @pytest.fixture
 def network():
-    """Three simulated hosts as network namespaces (tests/netns.py), removed at the end,
+    """Three simulated hosts as network namespaces (tests/netns_hosts.py), removed at the end,
     also on failure. Skipped where namespaces cannot be made; under CI=true that FAILS."""
-    from netns import Network, NamespacesUnavailable, namespaces_left
+    from netns_hosts import Network, NamespacesUnavailable, namespaces_left
 
     net = Network(nodes=3)
     try:
@@ -229,7 +229,7 @@ def run_netns_driver(net, tmp: Path, iterations: int, cuts: dict[int, bool],
     """Run tests/jobs/netns_driver.py in the hub; before iteration i in *cuts*, set node 1's
     data link down (False) or up (True). Returns the final loop data and each iteration's
     store-fallback notices."""
-    from netns import HUB_ADDRESS
+    from netns_hosts import HUB_ADDRESS
     from runprobe import ROOT
 
     tmp.mkdir()

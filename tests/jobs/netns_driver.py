@@ -1,4 +1,4 @@
-"""A driver for tests/netns.py's namespaces: run it with `ip netns exec <hub>`.
+"""A driver for tests/netns_hosts.py's namespaces: run it with `ip netns exec <hub>`.
 
 What `collective_bench` does, over real links between simulated hosts: the
 coordinator in this process (on the hub's control address), one node daemon
