@@ -54,6 +54,7 @@ class Network:
         try:
             self._add(self.hub)
         except (OSError, subprocess.SubprocessError) as exc:
+            self.close()  # a namespace made before the failing step goes too
             raise NamespacesUnavailable(f"cannot make a network namespace: {getattr(exc, 'stderr', '') or exc}") from exc
         try:
             self._build()
