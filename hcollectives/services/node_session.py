@@ -88,6 +88,7 @@ class NodeSession:
         self.ended = trio.Event()  # coordinator gone: the session is over here
         self.driver_lost = False  # ended by the coordinator's silence, not by a clean close
         self._coordinator: Channel | None = None
+        self._silent_for = 0.0  # seconds of our own running time without a word from the coordinator
         self._claims: dict[tuple[int, str, str], m.ClaimResult | None] = {}
         # Blocks whose claim is in flight: an accepted one is recorded the moment
         # its ClaimResult is read, before a Seal that may follow in the same read.
@@ -157,15 +158,18 @@ class NodeSession:
 
     async def _coordinator_reader(self) -> None:
         silence = self.timeouts.coordinator_silence
+        reading = trio.CancelScope()
+        self.nursery.start_soon(self._watch_silence, reading, silence)
         try:
-            while True:
-                # The coordinator beats every second (coordinator.HEARTBEAT_INTERVAL):
-                # silence means the driver is gone, even if copies of its socket
-                # (mrjob's pool workers) keep the connection open.
-                event = await self._coordinator.receive(timeout=silence)
-                self._on_coordinator(event)
-        except trio.TooSlowError:
-            self.driver_lost = True
+            with reading:
+                while True:
+                    # The coordinator beats every second (coordinator.HEARTBEAT_INTERVAL):
+                    # silence means the driver is gone, even if copies of its socket
+                    # (mrjob's pool workers) keep the connection open.
+                    event = await self._coordinator.receive()
+                    self._silent_for = 0.0
+                    self._on_coordinator(event)
+            self.driver_lost = True  # only _watch_silence cancels `reading`
             log.warning("node %s: session %s: no word from the coordinator for %gs; the driver is gone",
                         self.node, self.session, silence)
         except (ConnectionLost, HCollectivesError) as exc:
@@ -174,8 +178,30 @@ class NodeSession:
             self.driver_lost = self.stop is None
             log.info("node %s: session %s coordinator connection ended: %s", self.node, self.session, exc)
         finally:
+            reading.cancel()  # also ends the watch
             self.ended.set()
             self.notify()
+
+    async def _watch_silence(self, reading: trio.CancelScope, silence: float) -> None:
+        """Cancel *reading* once the coordinator has been silent for *silence*
+        seconds of this process's own running time.
+
+        Not a receive timeout: a daemon that was itself stopped (SIGSTOP, a
+        swapped-out or starved process) wakes with its clock far past any
+        deadline while the beats sent meanwhile wait unread in its socket; it
+        would take the driver for dead, end its session and remove a live
+        run's directory. So each tick counts at most two ticks of silence,
+        however late it wakes, and every message read resets the count.
+        """
+        tick = silence / 8
+        last = trio.current_time()
+        while not reading.cancel_called:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            self._silent_for += min(now - last, 2 * tick)
+            last = now
+            if self._silent_for >= silence:
+                reading.cancel()
 
     def _on_coordinator(self, event: m.Message) -> None:
         if isinstance(event, m.Members):

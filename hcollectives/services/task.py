@@ -136,6 +136,21 @@ class TaskClient:
         self._channel: SyncChannel | None = None
 
     def start(self) -> None:
+        """Reach the node's daemon and say TaskStarted; a daemon lost meanwhile
+        (killed between our finding it and our first message: seen in the
+        fault campaign as "Connection reset by peer") is replaced, as in
+        `_retrying`, instead of failing the task."""
+        for attempt in range(RECONNECTS + 1):
+            try:
+                self._start_once()
+                return
+            except ConnectionLost:
+                self.close()
+                if attempt == RECONNECTS:
+                    raise
+                time.sleep(min(0.2 * 2 ** attempt, 2.0))
+
+    def _start_once(self) -> None:
         env = self.env
         address = env.node_address or rendezvous.find_or_start_daemon(
             rundir=env.rundir, node=env.node, secret=env.secret, rundir_must_exist=env.rundir_from_driver)
@@ -162,7 +177,7 @@ class TaskClient:
                     raise
                 self.close()
                 time.sleep(min(0.2 * 2 ** attempt, 2.0))
-                self.start()
+                self.start()  # itself retried: a successor may be lost too
         raise AssertionError("unreachable")
 
     def loop_data(self, post_process: PostProcess) -> np.ndarray:
