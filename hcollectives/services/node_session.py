@@ -161,6 +161,8 @@ class NodeSession:
                 # (mrjob's pool workers) keep the connection open.
                 event = await self._coordinator.receive(timeout=silence)
                 self._on_coordinator(event)
+                if isinstance(event, m.Seal) and event.iteration >= self.floor:
+                    await self._begin_collective(event)
         except trio.TooSlowError:
             self.driver_lost = True
             log.warning("node %s: session %s: no word from the coordinator for %gs; the driver is gone",
@@ -196,9 +198,7 @@ class NodeSession:
             if event.accepted and block is not None:
                 self._accept(event.iteration, event.task, event.attempt, block)
         elif isinstance(event, m.Seal):
-            self._saw_seal(event.iteration)
-            if event.iteration >= self.floor:
-                self.spawn(self._run_collective, event)
+            self._saw_seal(event.iteration)  # its collective: `_begin_collective`, by the reader
         elif isinstance(event, m.LoopData):
             state = self.it(event.iteration)
             if state.loop is None:
@@ -345,8 +345,9 @@ class NodeSession:
         # the claim, so usually already there): a task that has its ack exits,
         # and if this daemon is then lost, its successor and the other nodes can
         # only get the piece from the store.
-        with trio.move_on_after(self.timeouts.store):
-            await checkpointed.wait()
+        if not checkpointed.is_set():  # (waiting on a set Event would still yield)
+            with trio.move_on_after(self.timeouts.store):
+                await checkpointed.wait()
         # An accepted block was already recorded (`_accept`) when the answer was read.
         return ack(self._claims.pop(key).accepted)
 
@@ -388,7 +389,14 @@ class NodeSession:
             log.warning("node %s: fault injection dropped %s to %s", self.node, event.TYPE, node)
             return
         lock = self._peer_locks.setdefault(node, trio.Lock())
-        async with lock:  # one connection per peer, opened once
+        # One connection per peer, opened once. A free lock is taken without
+        # `async with`, whose acquire yields to the scheduler even then: this
+        # is on every step of the latency path.
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
             channel = self._peers.get(node)
             if channel is None:
                 if not self.addresses.get(node):
@@ -398,6 +406,8 @@ class NodeSession:
                                         secret=self._secret, timeout=self.timeouts.connect)
                 self._peers[node] = channel
                 self.nursery.start_soon(self._watch_peer, node, channel)
+        finally:
+            lock.release()
         try:
             await channel.send(event, timeout=self.timeouts.collective)
         except HCollectivesError:
@@ -466,23 +476,66 @@ class NodeSession:
 
     # -- the collective of one iteration -----------------------------------------------------
 
-    async def _run_collective(self, seal: m.Seal) -> None:
-        i = seal.iteration
-        state = self.it(i)
+    async def _begin_collective(self, seal: m.Seal) -> None:
+        """Start the collective of a Seal the coordinator reader just read.
+
+        On the latency path (a recursive-doubling AllReduce whose pieces this
+        node already holds, over peer connections already open) the first
+        step is sent right here, before the reader reads on and before any
+        other task of this daemon runs: the tasks' acks, a closing task
+        connection, all wait until the step is on its way. Nothing here waits
+        for a peer (`doubling.begin`); the rest of the collective, and every
+        other case, runs in a task of its own (`_run_collective`)."""
+        state = self.it(seal.iteration)
         state.seal = seal
         self.members, self.addresses = list(seal.members), dict(zip(seal.members, seal.addresses))
-        with trio.CancelScope() as state.scope:
-            await self._collective(seal, state)
+        begun = False
+        if self._can_begin_here(seal, state):
+            try:
+                self._keep_accepted(seal, state)
+                await doubling.begin(self, seal, self._local_reduction(state))
+                begun = True
+            except (HCollectivesError, ValueError) as exc:
+                self.nursery.start_soon(self.report_error, f"iteration {seal.iteration}: {type(exc).__name__}: {exc}")
+                return
+        self.spawn(self._run_collective, seal, begun)
 
-    async def _collective(self, seal: m.Seal, state: _Iteration) -> None:
+    def _can_begin_here(self, seal: m.Seal, state: _Iteration) -> bool:
+        if self.info.collective != "allreduce" or plan.allreduce_strategy(seal.layout) != "doubling":
+            return False
+        mine = [(t, a) for t, a, node in seal.pieces if node == self.node]
+        # Small blocks only: the reader may end up sending this node's step and,
+        # on one node, the Result to the coordinator, and a send that has to
+        # wait for the other end to read must not hold up this reader (the
+        # coordinator may be waiting for us to read what it sends).
+        return (all(state.contributions.get(t, ("",))[0] == a for t, a in mine)
+                and plan.send_inline(sum(b.nbytes for _, b in state.contributions.values()))
+                and all(n in self._peers for n in seal.members if n != self.node))
+
+    async def _run_collective(self, seal: m.Seal, begun: bool = False) -> None:
+        state = self.it(seal.iteration)
+        with trio.CancelScope() as state.scope:
+            await self._collective(seal, state, begun)
+
+    def _keep_accepted(self, seal: m.Seal, state: _Iteration) -> None:
+        """Only contributions the coordinator accepted count; anything else was
+        an attempt that lost its claim."""
+        mine = {task: attempt for task, attempt, node in seal.pieces if node == self.node}
+        for task in list(state.contributions):
+            if state.contributions[task][0] != mine.get(task):
+                del state.contributions[task]
+
+    def _local_reduction(self, state: _Iteration) -> Block:
+        return reduce_blocks([state.contributions[t][1] for t in sorted(state.contributions)], self.info.op)
+
+    async def _collective(self, seal: m.Seal, state: _Iteration, begun: bool = False) -> None:
         i = seal.iteration
         try:
+            if begun:
+                await doubling.complete(self, seal)
+                return
+            self._keep_accepted(seal, state)
             mine = {task: attempt for task, attempt, node in seal.pieces if node == self.node}
-            # Only contributions the coordinator accepted count; anything else was
-            # an attempt that lost its claim.
-            for task in list(state.contributions):
-                if state.contributions[task][0] != mine.get(task):
-                    del state.contributions[task]
             for task, attempt in mine.items():
                 if task not in state.contributions:
                     state.contributions[task] = (attempt, await store_fallback.load_piece(self, i, task, attempt))
@@ -496,8 +549,7 @@ class NodeSession:
             await self.report_error(f"iteration {i}: {type(exc).__name__}: {exc}")
 
     async def _allreduce(self, seal: m.Seal) -> None:
-        state = self.it(seal.iteration)
-        local = reduce_blocks([state.contributions[t][1] for t in sorted(state.contributions)], self.info.op)
+        local = self._local_reduction(self.it(seal.iteration))
         strategy = plan.allreduce_strategy(seal.layout)
         if strategy == "ring":
             await ring.run(self, seal, local)
@@ -530,8 +582,12 @@ class NodeSession:
         if is_root:
             await self.to_coordinator(m.Result(self.session, iteration, result))
         if is_root and self.store is not None:
-            path = st.result_path(self.session, iteration)
-            await trio.to_thread.run_sync(self.store.save_block, path, result)
+            # In the background: finish may run in a reader (of the coordinator
+            # or a peer), which must not wait for a filesystem.
+            self.spawn(self._save_result, iteration, result)
+
+    async def _save_result(self, iteration: int, result: Block) -> None:
+        await trio.to_thread.run_sync(self.store.save_block, st.result_path(self.session, iteration), result)
 
     # -- lifetime -----------------------------------------------------------------------------
 
