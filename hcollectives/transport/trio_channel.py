@@ -163,7 +163,13 @@ class Channel:
         if event is not NEED_DATA:
             return event
         with _deadline(timeout, f"waiting for a message from {self.label}"):
-            return await self._next()
+            while True:  # (`next_event` just said NEED_DATA: read first)
+                await self._read_some()
+                event = self._conn.next_event()
+                if event is CLOSED:
+                    raise ConnectionLost(f"{self.label} closed the connection")
+                if event is not NEED_DATA:
+                    return event
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
@@ -177,15 +183,6 @@ class Channel:
                     await self._stream.send_all(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionLost(f"connection to {self.label} lost during handshake: {exc}") from exc
-
-    async def _next(self) -> Message:
-        while True:
-            event = self._conn.next_event()
-            if event is CLOSED:
-                raise ConnectionLost(f"{self.label} closed the connection")
-            if event is not NEED_DATA:
-                return event
-            await self._read_some()
 
     async def _read_some(self) -> None:
         try:
