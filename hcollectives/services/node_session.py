@@ -328,6 +328,8 @@ class NodeSession:
         key = (i, task, attempt)
         self._claims[key] = None
         self._offered[key] = event.block
+        if self.info.collective == "allgather" and plan.send_inline(event.block.nbytes):
+            gather.push_piece(self, i, task, attempt, event.block)  # alongside the claim (see push_piece)
         try:
             layout = ring_layout(event.block) if self.info.collective == "allreduce" else ""
             await self.to_coordinator(m.Claim(self.session, i, task, attempt, self.node, layout))
@@ -493,7 +495,10 @@ class NodeSession:
         if self._can_begin_here(seal, state):
             try:
                 self._keep_accepted(seal, state)
-                await doubling.begin(self, seal, self._local_reduction(state))
+                if self.info.collective == "allreduce":
+                    await doubling.begin(self, seal, self._local_reduction(state))
+                else:
+                    await gather.finish_if_complete(self, seal)
                 begun = True
             except (HCollectivesError, ValueError) as exc:
                 self.nursery.start_soon(self.report_error, f"iteration {seal.iteration}: {type(exc).__name__}: {exc}")
@@ -501,14 +506,16 @@ class NodeSession:
         self.spawn(self._run_collective, seal, begun)
 
     def _can_begin_here(self, seal: m.Seal, state: _Iteration) -> bool:
-        if self.info.collective != "allreduce" or plan.allreduce_strategy(seal.layout) != "doubling":
-            return False
         mine = [(t, a) for t, a, node in seal.pieces if node == self.node]
-        # Small blocks only: the reader may end up sending this node's step and,
-        # on one node, the Result to the coordinator, and a send that has to
-        # wait for the other end to read must not hold up this reader (the
-        # coordinator may be waiting for us to read what it sends).
-        return (all(state.contributions.get(t, ("",))[0] == a for t, a in mine)
+        if not all(state.contributions.get(t, ("",))[0] == a for t, a in mine):
+            return False  # a piece to read from the store first: not in the reader
+        # Small blocks only: the reader may end up sending this node's step and
+        # the Result to the coordinator, and a send that has to wait for the
+        # other end to read must not hold up this reader (the coordinator may
+        # be waiting for us to read what it sends).
+        if self.info.collective == "allgather":
+            return plan.send_inline(state.gather.held_bytes)
+        return (plan.allreduce_strategy(seal.layout) == "doubling"
                 and plan.send_inline(sum(b.nbytes for _, b in state.contributions.values()))
                 and all(n in self._peers for n in seal.members if n != self.node))
 
@@ -531,8 +538,11 @@ class NodeSession:
     async def _collective(self, seal: m.Seal, state: _Iteration, begun: bool = False) -> None:
         i = seal.iteration
         try:
-            if begun:
-                await doubling.complete(self, seal)
+            if begun:  # this node's pieces are in hand (`_begin_collective`)
+                if self.info.collective == "allreduce":
+                    await doubling.complete(self, seal)
+                else:
+                    await gather.run(self, seal)
                 return
             self._keep_accepted(seal, state)
             mine = {task: attempt for task, attempt, node in seal.pieces if node == self.node}
