@@ -786,3 +786,36 @@ def test_largest_legitimate_header_still_decodes():
     decoder.receive_data(b"".join(bytes(c) for c in chunks))
     frame = decoder.next_frame()
     assert frame is not None and frame.fields["keys"][-1] == 999_999
+
+
+def test_headers_decoded_without_the_budget_hooks_cannot_spend_the_budget():
+    """Small headers skip the counting hooks: sound only while a header of
+    SMALL_HEADER_BYTES bytes (one byte per object at least) fits both budgets."""
+    from hcollectives.protocol import frames
+
+    assert frames.SMALL_HEADER_BYTES <= min(frames.MAX_HEADER_ITEMS, frames.MAX_HEADER_CONTAINERS)
+    # Above the bound the hooks count again: more lists than the budget is refused.
+    n = frames.MAX_HEADER_CONTAINERS + 1
+    header = b"\xdd" + struct.pack("!I", n) + b"\x91\x01" * n
+    decoder = frames.FrameDecoder()
+    decoder.receive_data(_frame_with_header(header))
+    with pytest.raises(RemoteProtocolError, match="lists and maps"):
+        decoder.next_frame()
+    # At the bound, as many lists as fit decode (and only then fail as a header).
+    n = (frames.SMALL_HEADER_BYTES - 5) // 2
+    header = b"\xdd" + struct.pack("!I", n) + b"\x91\x01" * n
+    assert len(header) <= frames.SMALL_HEADER_BYTES
+    decoder = frames.FrameDecoder()
+    decoder.receive_data(_frame_with_header(header))
+    with pytest.raises(RemoteProtocolError, match="must be a map"):
+        decoder.next_frame()
+
+
+def test_a_header_nested_too_deeply_is_refused():
+    from hcollectives.protocol import frames
+
+    header = b"\x83\xa1t\xa1x\xa1b\x90\xa1f\x81\xa1a" + b"\x91" * 40 + b"\x01"
+    decoder = frames.FrameDecoder()
+    decoder.receive_data(_frame_with_header(header))
+    with pytest.raises(RemoteProtocolError, match="nested too deeply"):
+        decoder.next_frame()

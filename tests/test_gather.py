@@ -17,6 +17,7 @@ import pytest
 
 from hcollectives.algorithms.block import Block
 from hcollectives.algorithms.gather import GatherAssembly
+from hcollectives.algorithms.reduction import block_to_matrix
 from hcollectives.errors import BadMapperOutput, ShapeMismatch
 
 WIDTH = 3
@@ -243,3 +244,62 @@ def test_argument_types_are_checked() -> None:
     with pytest.raises(TypeError):
         g.expect([1, 2])  # type: ignore[list-item]
     assert not g.sealed
+
+
+# -- services/exchange/gather.py: the daemon's side -------------------------------------------
+
+
+class _FakeState:
+    def __init__(self) -> None:
+        from hcollectives.algorithms.gather import GatherAssembly
+
+        self.gather, self.pushed, self.result = GatherAssembly(), {}, None
+
+
+class _FakeSession:
+    """The SessionView an exchange sees; background sends run in a real nursery."""
+
+    def __init__(self, node: str, members: list[str], nursery) -> None:
+        self.node, self.session, self.members, self.nursery = node, "s", members, nursery
+        self.state = _FakeState()
+        self.sent: list[tuple[str, object]] = []
+        self.finished: list = []
+
+    def it(self, iteration: int) -> _FakeState:
+        return self.state
+
+    async def send_quietly(self, node: str, event) -> None:
+        self.sent.append((node, event))
+
+    async def finish(self, iteration: int, result) -> None:
+        self.state.result = result
+        self.finished.append(result)
+
+
+def test_a_piece_is_pushed_once_to_each_member_and_a_complete_gather_finishes_at_the_seal():
+    import trio
+
+    from hcollectives.protocol import messages as msg
+    from hcollectives.services.exchange import gather as exchange
+
+    mine, theirs, loser = (Block.from_matrix((k,), np.array([[float(k)]])) for k in (0, 1, 2))
+    seal = msg.Seal("s", 1, ["n0", "n1"], ["a:1", "a:2"], [["t0", "a0", "n0"], ["t1", "a1", "n1"]])
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            session = _FakeSession("n0", ["n0", "n1"], nursery)
+            # Pushed when the Contribute arrives (claim in flight), then again
+            # when the claim is accepted: the member gets it once.
+            exchange.push_piece(session, 1, "t0", "a0", mine)
+            exchange.push_piece(session, 1, "t0", "a0", mine)
+        assert [(n, e.task) for n, e in session.sent] == [("n1", "t0")]
+        session.state.gather.add("t0/a0", mine)
+        session.state.gather.add("t2/a9", loser)  # an attempt whose claim lost: not in the seal
+        await exchange.finish_if_complete(session, seal)
+        assert session.finished == []  # t1's piece is still missing
+        session.state.gather.add("t1/a1", theirs)
+        await exchange.finish_if_complete(session, seal)
+        assert len(session.finished) == 1
+        np.testing.assert_array_equal(block_to_matrix(session.finished[0]), [[0.0], [1.0]])
+
+    trio.run(main)

@@ -948,3 +948,50 @@ def test_lost_ring_chunk_is_rebuilt_from_the_store_with_the_same_bits(tmp_path, 
     messages = [r.getMessage() for r in caplog.records]
     assert any("dropped ring_chunk to n2" in msg for msg in messages)
     assert any("ring incomplete" in msg for msg in messages)
+
+
+def test_a_peer_message_that_arrives_during_our_join_waits_for_it_instead_of_being_dropped():
+    """A peer pushes to us as soon as the coordinator lists us, which can be
+    before we have read our own SessionInfo (first iteration, 4 daemons
+    starting at once): an AllGather piece dropped then never comes again."""
+    from hcollectives.errors import ConnectionLost
+    from hcollectives.protocol import messages as msg
+
+    piece = msg.Piece("sess", 1, "t2", "a0", Block.from_dict({0: np.ones(2)}))
+    got: list = []
+
+    class Session:
+        async def on_peer_event(self, event) -> None:
+            got.append(event)
+
+    class Channel:
+        label = "peer n2"
+
+        def __init__(self) -> None:
+            self.events = [piece]
+
+        async def receive(self, timeout=None):
+            if self.events:
+                return self.events.pop()
+            raise ConnectionLost("no more")
+
+    async def main() -> None:
+        daemon = NodeDaemon(node="n1", secret=SECRET, timeouts=TIMEOUTS)
+        async with trio.open_nursery() as nursery:
+            joining = trio.Event()
+
+            async def join() -> None:
+                async with daemon._join_lock:  # a join in progress
+                    joining.set()
+                    await trio.sleep(0.2)
+                    daemon.sessions["sess"] = Session()
+                    daemon._notify()
+                daemon._notify()
+
+            nursery.start_soon(join)
+            await joining.wait()
+            with pytest.raises(ConnectionLost):
+                await daemon._handle_peer(Channel())
+        assert got == [piece]
+
+    trio.run(main)

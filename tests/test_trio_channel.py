@@ -644,3 +644,74 @@ def test_deadline_helper_reports_what_timed_out() -> None:
         assert outer.cancelled_caught
 
     run(main, clock=mock_clock(), limit=100)
+
+
+# -- the direct write of small frames ----------------------------------------------------------
+
+
+def test_a_small_send_is_written_without_a_pass_through_the_scheduler() -> None:
+    """The latency path: a frame the kernel takes whole leaves before any other
+    runnable task gets to run (a yield would let e.g. an ack go first)."""
+
+    async def main() -> None:
+        a, b = await channel_pair()
+        ran: list[str] = []
+
+        async def other() -> None:
+            ran.append("other")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            await a.send(stop(3), timeout=5)
+            assert ran == []  # the send did not yield
+            got = await b.receive(timeout=5)
+        assert isinstance(got, m.Stop) and got.iteration == 3 and ran == ["other"]
+
+    run(main, clock=mock_clock(), limit=100)
+
+
+def test_a_frame_bigger_than_the_socket_buffer_is_finished_after_the_direct_write() -> None:
+    """The direct write takes what fits; the rest follows through trio, and
+    frames sent meanwhile by other tasks queue behind it, never inside it."""
+    big = m.LoopData("s", 1, np.arange(2_000_000, dtype=np.float64), False)
+
+    async def main() -> None:
+        a, b = await channel_pair()
+        got: list[m.Message] = []
+
+        async def receive_two() -> None:
+            got.append(await b.receive(timeout=50))
+            got.append(await b.receive(timeout=50))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive_two)
+            nursery.start_soon(functools.partial(a.send, big, timeout=50))
+            while not a._send_lock.locked():  # until the big send is part way, holding the lock
+                await trio.lowlevel.checkpoint()
+            await a.send(stop(4), timeout=50)
+        assert isinstance(got[0], m.LoopData) and np.array_equal(got[0].data, big.data)
+        assert isinstance(got[1], m.Stop) and got[1].iteration == 4
+
+    run(main, clock=mock_clock(), limit=100)
+
+
+def test_an_event_already_read_is_returned_without_yielding() -> None:
+    """Two frames in one read: the second is handed out at once (no deadline,
+    no pass through the scheduler), as a Seal behind its ClaimResult is."""
+
+    async def main() -> None:
+        a, b = await channel_pair()
+        await a._stream.send_all(frame_bytes(stop(1)) + frame_bytes(stop(2)))
+        first = await b.receive(timeout=5)
+        ran: list[str] = []
+
+        async def other() -> None:
+            ran.append("other")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            second = await b.receive(timeout=5)
+            assert ran == []
+        assert (first.iteration, second.iteration) == (1, 2)
+
+    run(main, clock=mock_clock(), limit=100)

@@ -52,6 +52,11 @@ class GatherAssembly:
         """Ids of the pieces held now, sorted."""
         return tuple(sorted(self._pieces))
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the pieces held now (the size of the result, once all are in)."""
+        return sum(b.nbytes for b in self._pieces.values())
+
     def missing(self) -> tuple[str, ...]:
         """Expected pieces not held yet, sorted (what to fetch from the store)."""
         expected = self._require_sealed("missing()")

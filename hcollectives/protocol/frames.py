@@ -35,6 +35,7 @@ LENGTH = struct.Struct("!Q")
 # Little-endian, fixed-size numeric types only: what collectives move. No "O",
 # no structured or string dtypes, so a header can never ask us to build objects.
 DTYPE_ALLOWLIST = frozenset({"<f8", "<f4", "<i8", "<i4", "<u8", "<u4", "|u1", "|i1", "|b1"})
+_DTYPES = {name: np.dtype(name) for name in DTYPE_ALLOWLIST}  # built once, not per buffer received
 
 # A header is a few fields plus, for AllGather pieces, the list of row keys;
 # 16 MiB leaves room for ~1M keys and still bounds what garbage can make us hold.
@@ -48,6 +49,11 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 # them (`_HeaderBudget`), so decoding stops as soon as a budget is spent.
 MAX_HEADER_ITEMS = 1 << 21
 MAX_HEADER_CONTAINERS = 1 << 16
+# Every object in msgpack takes at least one byte, so a header of at most this
+# many bytes decodes into at most this many items and containers together: it
+# cannot spend either budget, and is decoded without the counting hooks (two
+# Python calls per list or map, a third of a small message's decoding time).
+SMALL_HEADER_BYTES = min(MAX_HEADER_ITEMS, MAX_HEADER_CONTAINERS)
 # Messages carry at most a handful of arrays; a large count means garbage.
 MAX_BUFFERS = 16
 # Default frame cap: larger than any collective payload we benchmark (64 MiB),
@@ -84,7 +90,8 @@ def _describe(array: np.ndarray) -> list[Any]:
 def encode_frame(type_: str, fields: dict[str, Any], buffers: tuple[np.ndarray, ...] = ()) -> list[bytes | memoryview]:
     """Encode one frame as a list of chunks (the big buffers are not copied)."""
     # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-D).
-    arrays = [np.require(b, requirements="C") for b in buffers]
+    arrays = [b if type(b) is np.ndarray and b.flags.c_contiguous else np.require(b, requirements="C")
+              for b in buffers]
     if len(arrays) > MAX_BUFFERS:
         raise LocalProtocolError(f"{len(arrays)} buffers in one frame; the limit is {MAX_BUFFERS}")
     try:
@@ -135,34 +142,27 @@ class _HeaderBudget:
         return dict(pairs)
 
 
-def _check_plain(obj: Any) -> None:
+def _check_plain(obj: Any, depth: int = 0) -> None:
     """Headers hold plain data only. msgpack decodes its Timestamp extension
     itself (ext_hook never sees it), so types are checked after decoding.
 
-    Iterative, with exact type tests: this runs on every frame of the latency
-    path, where the recursive isinstance walk it replaced cost more than the
-    msgpack decode itself (~26 calls for a Partial's header)."""
-    stack = [(obj, 0)]
-    pop, push, plain = stack.pop, stack.append, _PLAIN
-    while stack:
-        value, depth = pop()
-        kind = type(value)
-        if kind in plain:
-            continue
-        if depth >= _MAX_DEPTH:
-            raise RemoteProtocolError("header nested too deeply")
-        if kind is dict:
-            for k, v in value.items():
-                if type(k) not in plain:
-                    push((k, depth + 1))
-                if type(v) not in plain:
-                    push((v, depth + 1))
-        elif kind is list:
-            for v in value:
-                if type(v) not in plain:
-                    push((v, depth + 1))
-        else:
-            raise RemoteProtocolError(f"header holds a {kind.__name__}; only plain data is allowed")
+    This runs on every frame of the latency path: exact type tests, and only
+    the containers are visited (recursion bounded by _MAX_DEPTH). Map keys
+    need no test: ``strict_map_key`` already limits them to str and bytes."""
+    kind = type(obj)
+    if kind is dict:
+        items = obj.values()
+    elif kind is list:
+        items = obj
+    elif kind in _PLAIN:
+        return
+    else:
+        raise RemoteProtocolError(f"header holds a {kind.__name__}; only plain data is allowed")
+    if depth >= _MAX_DEPTH:
+        raise RemoteProtocolError("header nested too deeply")
+    for value in items:
+        if type(value) not in _PLAIN:
+            _check_plain(value, depth + 1)
 
 
 class FrameDecoder:
@@ -269,14 +269,21 @@ class FrameDecoder:
             return False
         raw = bytes(self._buf[: self._header_len])
         del self._buf[: self._header_len]
-        budget = _HeaderBudget()
         try:
-            header = msgpack.unpackb(
-                raw, raw=False, strict_map_key=True, ext_hook=_reject_ext,
-                max_str_len=MAX_HEADER_BYTES, max_bin_len=MAX_HEADER_BYTES,
-                max_array_len=MAX_HEADER_ITEMS, max_map_len=4096,
-                list_hook=budget.list, object_pairs_hook=budget.map,
-            )
+            if self._header_len <= SMALL_HEADER_BYTES:
+                header = msgpack.unpackb(
+                    raw, raw=False, strict_map_key=True, ext_hook=_reject_ext,
+                    max_str_len=MAX_HEADER_BYTES, max_bin_len=MAX_HEADER_BYTES,
+                    max_array_len=MAX_HEADER_ITEMS, max_map_len=4096,
+                )
+            else:
+                budget = _HeaderBudget()
+                header = msgpack.unpackb(
+                    raw, raw=False, strict_map_key=True, ext_hook=_reject_ext,
+                    max_str_len=MAX_HEADER_BYTES, max_bin_len=MAX_HEADER_BYTES,
+                    max_array_len=MAX_HEADER_ITEMS, max_map_len=4096,
+                    list_hook=budget.list, object_pairs_hook=budget.map,
+                )
         except RemoteProtocolError:
             raise
         except Exception as exc:  # msgpack raises several unrelated types
@@ -293,7 +300,8 @@ class FrameDecoder:
             self._arrays = [self._allocate(d, n) for d, n in zip(descriptors, self._lengths)]
         else:
             self._arrays = [self._from_pool(*self._validate(d, n)) for d, n in zip(descriptors, self._lengths)]
-        self._bytes_views = [memoryview(a.reshape(-1).view(np.uint8)) if a.nbytes else memoryview(b"") for a in self._arrays]
+        # (C-contiguous, as the allocators guarantee: a cast is the cheapest byte view)
+        self._bytes_views = [memoryview(a).cast("B") if a.nbytes else memoryview(b"") for a in self._arrays]
         self._header = header
         self._skip_full_buffers()
         return True
@@ -311,7 +319,7 @@ class FrameDecoder:
                 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_DIM
                            for s in shape)):
             raise RemoteProtocolError(f"bad shape {shape!r:.80}")
-        dt = np.dtype(dtype)
+        dt = _DTYPES[dtype]
         count = 1
         for s in shape:
             count *= s

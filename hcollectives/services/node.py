@@ -170,7 +170,17 @@ class NodeDaemon:
     async def _handle_peer(self, channel: Channel) -> None:
         while True:
             event = await channel.receive(timeout=self.timeouts.task_idle)
-            session = self.sessions.get(getattr(event, "session", ""))
+            session_id = getattr(event, "session", "")
+            session = self.sessions.get(session_id)
+            if session is None and self._join_lock.locked():
+                # A peer sends to us once the coordinator lists us in Members,
+                # which can be before we have read its SessionInfo ourselves:
+                # wait for that join to end rather than drop the message (an
+                # AllGather piece pushed then would never come again).
+                with trio.move_on_after(self.timeouts.connect):
+                    while session_id not in self.sessions and self._join_lock.locked():
+                        await self._changed.wait()
+                session = self.sessions.get(session_id)
             if session is None:
                 log.warning("node %s: %s for unknown session from %s", self.node, event.TYPE, channel.label)
                 continue

@@ -169,6 +169,8 @@ class NodeSession:
                     event = await self._coordinator.receive()
                     self._silent_for = 0.0
                     self._on_coordinator(event)
+                    if isinstance(event, m.Seal) and event.iteration >= self.floor:
+                        await self._begin_collective(event)
             self.driver_lost = True  # only _watch_silence cancels `reading`
             log.warning("node %s: session %s: no word from the coordinator for %gs; the driver is gone",
                         self.node, self.session, silence)
@@ -225,9 +227,7 @@ class NodeSession:
             if event.accepted and block is not None:
                 self._accept(event.iteration, event.task, event.attempt, block)
         elif isinstance(event, m.Seal):
-            self._saw_seal(event.iteration)
-            if event.iteration >= self.floor:
-                self.spawn(self._run_collective, event)
+            self._saw_seal(event.iteration)  # its collective: `_begin_collective`, by the reader
         elif isinstance(event, m.LoopData):
             state = self.it(event.iteration)
             if state.loop is None:
@@ -360,6 +360,8 @@ class NodeSession:
         key = (i, task, attempt)
         self._claims[key] = None
         self._offered[key] = event.block
+        if self.info.collective == "allgather" and plan.send_inline(event.block.nbytes):
+            gather.push_piece(self, i, task, attempt, event.block)  # alongside the claim (see push_piece)
         try:
             layout = ring_layout(event.block) if self.info.collective == "allreduce" else ""
             await self.to_coordinator(m.Claim(self.session, i, task, attempt, self.node, layout))
@@ -377,7 +379,7 @@ class NodeSession:
         # (written alongside the claim, so usually already there): that task exits
         # after its ack, and if this daemon is then lost, its successor and the
         # other nodes can only get the piece from the store.
-        if event.durable:
+        if event.durable and not checkpointed.is_set():  # (waiting on a set Event would still yield)
             with trio.move_on_after(self.timeouts.store):
                 await checkpointed.wait()
         # An accepted block was already recorded (`_accept`) when the answer was read.
@@ -429,7 +431,14 @@ class NodeSession:
             log.warning("node %s: fault injection dropped %s to %s", self.node, event.TYPE, node)
             return
         lock = self._peer_locks.setdefault(node, trio.Lock())
-        async with lock:  # one connection per peer, opened once
+        # One connection per peer, opened once. A free lock is taken without
+        # `async with`, whose acquire yields to the scheduler even then: this
+        # is on every step of the latency path.
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
             channel = self._peers.get(node)
             if channel is None:
                 if not self.addresses.get(node):
@@ -439,6 +448,8 @@ class NodeSession:
                                         secret=self._secret, timeout=self.timeouts.connect)
                 self._peers[node] = channel
                 self.nursery.start_soon(self._watch_peer, node, channel)
+        finally:
+            lock.release()
         try:
             await channel.send(event, timeout=self.timeouts.collective)
         except HCollectivesError:
@@ -507,23 +518,74 @@ class NodeSession:
 
     # -- the collective of one iteration -----------------------------------------------------
 
-    async def _run_collective(self, seal: m.Seal) -> None:
-        i = seal.iteration
-        state = self.it(i)
+    async def _begin_collective(self, seal: m.Seal) -> None:
+        """Start the collective of a Seal the coordinator reader just read.
+
+        On the latency path (a recursive-doubling AllReduce whose pieces this
+        node already holds, over peer connections already open) the first
+        step is sent right here, before the reader reads on and before any
+        other task of this daemon runs: the tasks' acks, a closing task
+        connection, all wait until the step is on its way. Nothing here waits
+        for a peer (`doubling.begin`); the rest of the collective, and every
+        other case, runs in a task of its own (`_run_collective`)."""
+        state = self.it(seal.iteration)
         state.seal = seal
         self.members, self.addresses = list(seal.members), dict(zip(seal.members, seal.addresses))
-        with trio.CancelScope() as state.scope:
-            await self._collective(seal, state)
+        begun = False
+        if self._can_begin_here(seal, state):
+            try:
+                self._keep_accepted(seal, state)
+                if self.info.collective == "allreduce":
+                    await doubling.begin(self, seal, self._local_reduction(state))
+                else:
+                    await gather.finish_if_complete(self, seal)
+                begun = True
+            except (HCollectivesError, ValueError) as exc:
+                self.nursery.start_soon(self.report_error, f"iteration {seal.iteration}: {type(exc).__name__}: {exc}")
+                return
+        self.spawn(self._run_collective, seal, begun)
 
-    async def _collective(self, seal: m.Seal, state: _Iteration) -> None:
+    def _can_begin_here(self, seal: m.Seal, state: _Iteration) -> bool:
+        mine = [(t, a) for t, a, node in seal.pieces if node == self.node]
+        if not all(state.contributions.get(t, ("",))[0] == a for t, a in mine):
+            return False  # a piece to read from the store first: not in the reader
+        # Small blocks only: the reader may end up sending this node's step and
+        # the Result to the coordinator, and a send that has to wait for the
+        # other end to read must not hold up this reader (the coordinator may
+        # be waiting for us to read what it sends).
+        if self.info.collective == "allgather":
+            return plan.send_inline(state.gather.held_bytes)
+        return (plan.allreduce_strategy(seal.layout) == "doubling"
+                and plan.send_inline(sum(b.nbytes for _, b in state.contributions.values()))
+                and all(n in self._peers for n in seal.members if n != self.node))
+
+    async def _run_collective(self, seal: m.Seal, begun: bool = False) -> None:
+        state = self.it(seal.iteration)
+        with trio.CancelScope() as state.scope:
+            await self._collective(seal, state, begun)
+
+    def _keep_accepted(self, seal: m.Seal, state: _Iteration) -> None:
+        """Only contributions the coordinator accepted count; anything else was
+        an attempt that lost its claim."""
+        mine = {task: attempt for task, attempt, node in seal.pieces if node == self.node}
+        for task in list(state.contributions):
+            if state.contributions[task][0] != mine.get(task):
+                del state.contributions[task]
+
+    def _local_reduction(self, state: _Iteration) -> Block:
+        return reduce_blocks([state.contributions[t][1] for t in sorted(state.contributions)], self.info.op)
+
+    async def _collective(self, seal: m.Seal, state: _Iteration, begun: bool = False) -> None:
         i = seal.iteration
         try:
+            if begun:  # this node's pieces are in hand (`_begin_collective`)
+                if self.info.collective == "allreduce":
+                    await doubling.complete(self, seal)
+                else:
+                    await gather.run(self, seal)
+                return
+            self._keep_accepted(seal, state)
             mine = {task: attempt for task, attempt, node in seal.pieces if node == self.node}
-            # Only contributions the coordinator accepted count; anything else was
-            # an attempt that lost its claim.
-            for task in list(state.contributions):
-                if state.contributions[task][0] != mine.get(task):
-                    del state.contributions[task]
             for task, attempt in mine.items():
                 if task not in state.contributions:
                     state.contributions[task] = (attempt, await store_fallback.load_piece(self, i, task, attempt))
@@ -537,8 +599,7 @@ class NodeSession:
             await self.report_error(f"iteration {i}: {type(exc).__name__}: {exc}")
 
     async def _allreduce(self, seal: m.Seal) -> None:
-        state = self.it(seal.iteration)
-        local = reduce_blocks([state.contributions[t][1] for t in sorted(state.contributions)], self.info.op)
+        local = self._local_reduction(self.it(seal.iteration))
         strategy = plan.allreduce_strategy(seal.layout)
         if strategy == "ring":
             await ring.run(self, seal, local)

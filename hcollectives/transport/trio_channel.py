@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -34,6 +35,9 @@ class Channel:
         self._conn = conn
         self._send_lock = trio.Lock()  # frames from concurrent senders must not interleave
         self._sendmsg = hasattr(self._sock, "sendmsg")  # not on Windows
+        # The direct path of `_write_now` (POSIX only; elsewhere every send goes through trio).
+        self._writev = getattr(os, "writev", None) if self._sendmsg else None
+        self._fileno = self._sock.fileno()
         self._broken = False
         self.label = label
 
@@ -66,25 +70,70 @@ class Channel:
                     await self._read_some()
 
     async def send(self, event: Message, *, timeout: float = math.inf) -> None:
+        """Send one frame. A frame the kernel takes whole at once (every small
+        message) is written right here, without passing through trio's
+        scheduler: see `_write_now`. This send may then not yield at all."""
         if self._broken:
             raise ConnectionLost(f"connection to {self.label} was abandoned after a failed send")
-        chunks = self._conn.send(event)
+        views = [memoryview(c) for c in self._conn.send(event) if len(c)]
+        started = False
+        if views and self._writev is not None and not self._send_lock.locked():
+            try:
+                sent = self._write_now(views)
+            except ConnectionLost:
+                await self.aclose()
+                raise
+            if not views:
+                return
+            if sent:
+                # Part of this frame is on the wire: hold the lock from here (no
+                # other task ran since `locked()` said it was free) and finish it.
+                self._send_lock.acquire_nowait()
+                started = True
         with _deadline(timeout, f"sending {type(event).__name__} to {self.label}"):
-            async with self._send_lock:
-                completed = False
-                try:
-                    await self._send_chunks(chunks)
-                    completed = True
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    raise ConnectionLost(f"connection to {self.label} lost while sending: {exc}") from exc
-                finally:
-                    if not completed:
-                        # Part of a frame may be on the wire: anything sent after it
-                        # would be read as its continuation. The stream is unusable.
-                        self._broken = True
-                        await self.aclose()
+            if not started:
+                await self._send_lock.acquire()
+            try:
+                await self._send_rest(views)
+            finally:
+                self._send_lock.release()
 
-    async def _send_chunks(self, chunks: list[bytes | memoryview]) -> None:
+    def _write_now(self, views: list[memoryview]) -> int:
+        """Write what the kernel takes without blocking; drop it from *views*.
+
+        The latency path is a chain of small messages, and trio's socket send
+        ends with a yield to the scheduler: one more pass of the run loop per
+        message, in which any other runnable task (an ack, a closing task
+        connection) goes first. A non-blocking ``writev`` on the socket needs
+        no wait and no yield; a caller that sends forever without receiving
+        would starve the others, which no sender here does."""
+        try:
+            sent = self._writev(self._fileno, views[:_MAX_IOV])
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._broken = True  # nothing of the frame was sent, but the socket is gone
+            raise ConnectionLost(f"connection to {self.label} lost while sending: {exc}") from exc
+        _consume(views, sent)
+        return sent
+
+    async def _send_rest(self, views: list[memoryview]) -> None:
+        """Send *views* (the caller holds the send lock); a failure or a
+        cancellation here may leave part of a frame on the wire."""
+        completed = False
+        try:
+            await self._send_chunks(views)
+            completed = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise ConnectionLost(f"connection to {self.label} lost while sending: {exc}") from exc
+        finally:
+            if not completed:
+                # Part of a frame may be on the wire: anything sent after it
+                # would be read as its continuation. The stream is unusable.
+                self._broken = True
+                await self.aclose()
+
+    async def _send_chunks(self, views: list[memoryview]) -> None:
         """Send a frame's chunks with as few syscalls as the kernel allows.
 
         One ``sendmsg`` takes the header and every buffer at once (a small
@@ -93,29 +142,34 @@ class Channel:
         memoryviews of the arrays themselves: nothing is copied in user space.
         """
         if not self._sendmsg:
-            for chunk in chunks:
-                await self._stream.send_all(chunk)
+            for view in views:
+                await self._stream.send_all(view)
             return
-        views = [memoryview(c) for c in chunks if len(c)]
         if not views:
             await trio.lowlevel.checkpoint()
             return
-        first = 0
-        while first < len(views):
-            sent = await self._sock.sendmsg(views[first : first + _MAX_IOV])
-            while sent:
-                n = len(views[first])
-                if sent >= n:
-                    sent -= n
-                    first += 1
-                else:
-                    views[first] = views[first][sent:]
-                    sent = 0
+        while views:
+            _consume(views, await self._sock.sendmsg(views[:_MAX_IOV]))
 
     async def receive(self, *, timeout: float = math.inf) -> Message:
-        """Next event; ConnectionLost when the peer closed cleanly."""
+        """Next event; ConnectionLost when the peer closed cleanly.
+
+        An event already read (several frames often arrive in one read: a
+        ClaimResult and the Seal behind it) is returned at once, without
+        setting up a deadline or yielding: it cannot be late."""
+        event = self._conn.next_event()
+        if event is CLOSED:
+            raise ConnectionLost(f"{self.label} closed the connection")
+        if event is not NEED_DATA:
+            return event
         with _deadline(timeout, f"waiting for a message from {self.label}"):
-            return await self._next()
+            while True:  # (`next_event` just said NEED_DATA: read first)
+                await self._read_some()
+                event = self._conn.next_event()
+                if event is CLOSED:
+                    raise ConnectionLost(f"{self.label} closed the connection")
+                if event is not NEED_DATA:
+                    return event
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
@@ -129,15 +183,6 @@ class Channel:
                     await self._stream.send_all(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionLost(f"connection to {self.label} lost during handshake: {exc}") from exc
-
-    async def _next(self) -> Message:
-        while True:
-            event = self._conn.next_event()
-            if event is CLOSED:
-                raise ConnectionLost(f"{self.label} closed the connection")
-            if event is not NEED_DATA:
-                return event
-            await self._read_some()
 
     async def _read_some(self) -> None:
         try:
@@ -203,6 +248,18 @@ async def connect(address: str, *, role: str, name: str, secret: bytes, timeout:
 
 # Frames have at most 2 + MAX_BUFFERS chunks, far below any platform's IOV_MAX.
 _MAX_IOV = 64
+
+
+def _consume(views: list[memoryview], sent: int) -> None:
+    """Drop the first *sent* bytes from *views* (in place)."""
+    while sent and views:
+        n = len(views[0])
+        if sent >= n:
+            sent -= n
+            del views[0]
+        else:
+            views[0] = views[0][sent:]
+            sent = 0
 
 
 def _tune(stream: trio.SocketStream) -> None:

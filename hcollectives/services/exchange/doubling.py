@@ -33,12 +33,26 @@ log = logging.getLogger(__name__)
 
 
 async def run(session: SessionView, seal: m.Seal, local: Block) -> None:
+    await begin(session, seal, local)
+    await complete(session, seal)
+
+
+async def begin(session: SessionView, seal: m.Seal, local: Block) -> None:
+    """Send this node's first step and take in the steps that came before the
+    seal. Never waits for a peer: the daemon runs it in the coordinator's
+    reader the moment the Seal is read (node_session.py), so the first step
+    leaves before anything else this daemon has to do."""
     i, state = seal.iteration, session.it(seal.iteration)
     state.doubling = DoublingAllReduce(ranks_of(seal.members)[session.node], len(seal.members),
                                        session.info.op, local)
     await _execute(session, i, state.doubling.start())
     early, state.early = state.early, []
     await feed(session, i, [e for e in early if isinstance(e, m.DoublingStep)])
+
+
+async def complete(session: SessionView, seal: m.Seal) -> None:
+    """Wait for the exchange `begin` started; rebuild from the store what is missing."""
+    i, state = seal.iteration, session.it(seal.iteration)
     with trio.move_on_after(session.info.fallback_timeout):
         while not state.doubling.done:
             await session.next_change()
