@@ -166,7 +166,9 @@ class TaskClient:
         Every request is idempotent at the daemon and the coordinator: TaskStarted
         adds to a set, a second Contribute of the same attempt is accepted again
         (the claim is held by this attempt and node) and is already in the store
-        (the first was acknowledged only once checkpointed), and a lease is just
+        (the first was acknowledged only once checkpointed; a resident task's
+        non-durable one is not, but a lost daemon restarts a resident run from its
+        last finished iteration anyway: driver/resident.py), and a lease is just
         computed again (post_process is deterministic).
         """
         for attempt in range(RECONNECTS + 1):
