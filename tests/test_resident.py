@@ -125,3 +125,27 @@ def test_resident_fails_at_once_when_tasks_cannot_all_start(tmp_path, monkeypatc
     with pytest.raises(JobFailed, match=r"only 1 of the \d+ map tasks started"):
         job.iterate()
     assert time.monotonic() - t0 < 60
+
+
+def test_killed_daemon_restart_keeps_a_clusters_temporary_store_until_the_run_ends(tmp_path, monkeypatch,
+                                                                                   no_orphan_daemons):
+    """On a cluster without --checkpoint-uri the store is the run's temporary one (on HDFS):
+    it outlives a session, so the restart resumes from it, and is removed when the run ends."""
+    import dataclasses
+
+    (tmp_path / "a").mkdir()
+    clean, rows, _ = block_sum_job(tmp_path / "a", monkeypatch, "--max-iterations", "5", "--resident",
+                                   "--local-nodes", "2")
+    expected = clean.iterate().loop_data
+    (tmp_path / "b").mkdir()
+    job, _, log = block_sum_job(tmp_path / "b", monkeypatch, "--max-iterations", "5", "--resident",
+                                "--local-nodes", "2", "--kill-daemon-at", "3:120")
+    temporary = tmp_path / "cluster-tmp"
+    temporary.mkdir()
+    options = job.loop_options
+    monkeypatch.setattr(job, "loop_options",
+                        lambda: dataclasses.replace(options(), temporary_store=f"file://{temporary}"))
+    out = job.iterate()
+    assert out.loop_data.tobytes() == expected.tobytes()
+    assert any("restarted from the last finished iteration" in n for n in out.notices), out.notices
+    assert list(temporary.iterdir()) == []  # the run's store is gone with the run

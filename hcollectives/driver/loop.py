@@ -209,6 +209,8 @@ class IterativeDriver:
         self.rundir = os.path.join(tmp, "run")
         os.mkdir(self.rundir)  # tasks treat its absence as "this run is over"
         self.session = secrets.token_hex(8)
+        # Names the run's temporary store (cluster runs): it outlives a restart's new session.
+        self.run_id = self.session
         children_before = set(multiprocessing.active_children())
         interrupted = False
         self.redactor = Redactor().install()
@@ -230,6 +232,8 @@ class IterativeDriver:
                 # backstop (on a local run) for anything of this session left behind.
                 # After a signal nobody waits: the user asked for a stop within seconds.
                 _end_session_processes(self.session, grace=0.0 if interrupted else 5.0)
+                if self.options.temporary_store and not self.options.checkpoint_uri:
+                    _remove_temporary_store(self.options.temporary_store, self.run_id)
                 if interrupted:
                     # mrjob's local-runner pool workers (forked from us; they hold
                     # copies of the coordinator's sockets) would outlive the stop.
@@ -266,13 +270,10 @@ class IterativeDriver:
             return await self._run_with_store(st.Store(o.checkpoint_uri))
         if not o.temporary_store:
             return await self._run_with_store(st.Store(st.default_checkpoint_uri(tmp)))
-        # Cluster runs: a store every node can reach, removed after the run like the temp dir.
+        # Cluster runs: a store every node can reach, removed after the run (`run`) like
+        # the temp dir; a resident run that restarts after a lost daemon resumes from it.
         base = st.Store(o.temporary_store)
-        try:
-            return await self._run_with_store(st.Store(f"{base.url.rstrip('/')}/{self.session}"))
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(base.remove_tree, self.session)
+        return await self._run_with_store(st.Store(f"{base.url.rstrip('/')}/{self.run_id}"))
 
     async def _run_with_store(self, store: st.Store) -> LoopResult:
         o = self.options
@@ -535,6 +536,13 @@ class IterativeDriver:
     def _say(self, line: str) -> None:
         if self.options.progress:
             print(line, file=self.stream, flush=True)
+
+
+def _remove_temporary_store(base_url: str, run_id: str) -> None:
+    try:
+        st.Store(base_url).remove_tree(run_id)
+    except HCollectivesError as exc:  # the run's outcome stands; say what was left
+        log.warning("could not remove the run's temporary store %s/%s: %s", base_url.rstrip("/"), run_id, exc)
 
 
 def _write_private(path: str, text: str) -> str:

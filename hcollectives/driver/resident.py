@@ -74,7 +74,6 @@ class ResidentDriver(IterativeDriver):
         last iteration it finished -- the same bits an undisturbed run computes.
         """
         notices: list[str] = []
-        keeps_store = bool(self.options.checkpoint_uri or not self.options.temporary_store)
         for restart in range(MAX_RESTARTS + 1):
             try:
                 result = await super()._main(tmp)
@@ -84,7 +83,7 @@ class ResidentDriver(IterativeDriver):
                 # (a JobFailed raised inside the loop's nursery arrives in a group)
                 error = _first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
                 failure = getattr(getattr(self, "coordinator", None), "failure", None) or ""
-                if (not isinstance(error, JobFailed) or restart == MAX_RESTARTS or not keeps_store
+                if (not isinstance(error, JobFailed) or restart == MAX_RESTARTS
                         or not failure.startswith(_RESTARTABLE)):
                     raise
                 note = f"restarted from the last finished iteration after: {failure}"
