@@ -10,6 +10,9 @@ end; without Java or Maven the module is skipped, under CI=true it fails.
 - a resident task killed with SIGKILL mid-run: YARN retries the attempt, it
   rejoins at the current iteration, and the result has the same bits as an
   undisturbed run;
+- a node daemon killed with SIGKILL mid-run: the driver restarts the loop
+  from the last finished iteration (the run's temporary store on HDFS) with
+  the undisturbed result;
 - a resident job that cannot fit (4 maps of 4 GiB on two 4 GiB NodeManagers)
   fails before submission, naming tasks and slots.
 """
@@ -107,6 +110,24 @@ def test_killed_resident_task_on_yarn_rejoins_and_counts_once(cluster_env, resid
     # (YARN's two nodes reduce in another order than one local node; the exactly-once claims
     # are what the row count below checks: a doubled or lost task would change it.)
     np.testing.assert_allclose(np.load(tmp_path / "yarn.npy"), np.load(tmp_path / "local.npy"), rtol=1e-12, atol=0)
+    rows = resident_data["rows"]
+    np.testing.assert_allclose(np.load(tmp_path / "yarn.npy"), ITERATIONS * np.append(rows.sum(0), len(rows)),
+                               rtol=1e-12)
+
+
+def test_killed_daemon_on_yarn_restarts_from_the_last_finished_iteration(cluster_env, resident_data, tmp_path):
+    """kill -9 of a node daemon mid-run, with a bare -r hadoop (the run's temporary store on
+    HDFS, no --checkpoint-uri): the driver restarts the loop from the last finished iteration
+    in a new session and application, and the result is the undisturbed one."""
+    log = tmp_path / "block.log"
+    script = JOBS / "block_sum.py"
+    common = ["--initial", resident_data["zeros"], "--max-iterations", ITERATIONS, "--resident"]
+    done = run(python(script, *mrjob_hadoop_args(cluster_env), *ITERATION_TIMEOUT, *common,
+                      "--cmdenv", f"BLOCK_LOG={log}", "--kill-daemon-at", "3:120", "--result", tmp_path / "yarn.npy",
+                      resident_data["rows_hdfs"]), cluster_env)
+    assert done.returncode == 0, stderr_tail(done)
+    assert (tmp_path / "block.log.daemon-killed").exists(), "no daemon was killed"
+    assert "restarted from the last finished iteration" in done.stderr, stderr_tail(done)
     rows = resident_data["rows"]
     np.testing.assert_allclose(np.load(tmp_path / "yarn.npy"), ITERATIONS * np.append(rows.sum(0), len(rows)),
                                rtol=1e-12)
