@@ -59,3 +59,15 @@ async def _daemon_links(tmp_path, monkeypatch) -> None:
 
 def test_daemon_serves_same_host_peers_and_tasks_on_its_unix_socket(tmp_path, monkeypatch):
     trio.run(_daemon_links, tmp_path, monkeypatch)
+
+
+def test_consume_sent_drops_whole_and_partial_views():
+    from hcollectives.transport.common import consume_sent
+
+    views = [memoryview(b"abc"), memoryview(b"de"), memoryview(b"fgh")]
+    consume_sent(views, 4)  # all of the first, one byte of the second
+    assert [bytes(v) for v in views] == [b"e", b"fgh"]
+    consume_sent(views, 0)
+    assert [bytes(v) for v in views] == [b"e", b"fgh"]
+    consume_sent(views, 4)
+    assert views == []

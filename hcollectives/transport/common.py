@@ -79,3 +79,19 @@ def unix_buffers(sock) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, UNIX_BUFFER_BYTES)
         except OSError:
             pass
+
+
+# Frames have at most 2 + MAX_BUFFERS chunks, far below any platform's IOV_MAX.
+MAX_IOV = 64
+
+
+def consume_sent(views: list[memoryview], sent: int) -> None:
+    """Drop the first *sent* bytes from *views* (in place), after a partial sendmsg/writev."""
+    while sent and views:
+        n = len(views[0])
+        if sent >= n:
+            sent -= n
+            del views[0]
+        else:
+            views[0] = views[0][sent:]
+            sent = 0

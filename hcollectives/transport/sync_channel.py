@@ -14,7 +14,7 @@ import time
 from ..errors import CollectiveTimeout, ConnectionLost, ProtocolError
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
 from ..protocol.messages import Message
-from .common import RECV_CHUNK, parse_address, split_address, unix_buffers
+from .common import MAX_IOV, RECV_CHUNK, consume_sent, parse_address, split_address, unix_buffers
 
 
 class SyncChannel:
@@ -106,15 +106,7 @@ class SyncChannel:
         try:
             while views:
                 self._sock.settimeout(self._remaining(deadline, what))
-                sent = self._sock.sendmsg(views[:_MAX_IOV])
-                while sent:
-                    n = len(views[0])
-                    if sent >= n:
-                        sent -= n
-                        del views[0]
-                    else:
-                        views[0] = views[0][sent:]
-                        sent = 0
+                consume_sent(views, self._sock.sendmsg(views[:MAX_IOV]))
         except socket.timeout:
             raise CollectiveTimeout(f"timed out {what} ({self.label})") from None
         except OSError as exc:
@@ -139,7 +131,6 @@ class SyncChannel:
 
 
 # Frames have at most 2 + MAX_BUFFERS chunks, far below any platform's IOV_MAX.
-_MAX_IOV = 64
 
 
 def _dial_unix(path: str, timeout: float) -> socket.socket | None:

@@ -20,7 +20,7 @@ from ..errors import CollectiveTimeout, ConnectionLost, ProtocolError
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, State
 from ..protocol.frames import Allocator
 from ..protocol.messages import Message
-from .common import RECV_CHUNK, format_address, parse_address, split_address, unix_buffers
+from .common import MAX_IOV, RECV_CHUNK, consume_sent, format_address, parse_address, split_address, unix_buffers
 from .rejections import Rejections
 
 log = logging.getLogger(__name__)
@@ -108,13 +108,13 @@ class Channel:
         no wait and no yield; a caller that sends forever without receiving
         would starve the others, which no sender here does."""
         try:
-            sent = self._writev(self._fileno, views[:_MAX_IOV])
+            sent = self._writev(self._fileno, views[:MAX_IOV])
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
             self._broken = True  # nothing of the frame was sent, but the socket is gone
             raise ConnectionLost(f"connection to {self.label} lost while sending: {exc}") from exc
-        _consume(views, sent)
+        consume_sent(views, sent)
         return sent
 
     async def _send_rest(self, views: list[memoryview]) -> None:
@@ -149,7 +149,7 @@ class Channel:
             await trio.lowlevel.checkpoint()
             return
         while views:
-            _consume(views, await self._sock.sendmsg(views[:_MAX_IOV]))
+            consume_sent(views, await self._sock.sendmsg(views[:MAX_IOV]))
 
     async def receive(self, *, timeout: float = math.inf) -> Message:
         """Next event; ConnectionLost when the peer closed cleanly.
@@ -244,22 +244,6 @@ async def connect(address: str, *, role: str, name: str, secret: bytes, timeout:
         await channel.aclose()
         raise
     return channel
-
-
-# Frames have at most 2 + MAX_BUFFERS chunks, far below any platform's IOV_MAX.
-_MAX_IOV = 64
-
-
-def _consume(views: list[memoryview], sent: int) -> None:
-    """Drop the first *sent* bytes from *views* (in place)."""
-    while sent and views:
-        n = len(views[0])
-        if sent >= n:
-            sent -= n
-            del views[0]
-        else:
-            views[0] = views[0][sent:]
-            sent = 0
 
 
 def _tune(stream: trio.SocketStream) -> None:
