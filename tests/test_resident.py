@@ -15,6 +15,20 @@ from test_mapper_block import block_calls, block_sum_job
 pytestmark = pytest.mark.e2e
 
 
+def undisturbed_and_faulty(tmp_path, monkeypatch, *fault):
+    """The bits of an undisturbed 5-iteration resident run on 2 nodes, the same job with *fault*,
+    its block log and its input rows."""
+    (tmp_path / "a").mkdir()
+    clean, rows, _ = block_sum_job(tmp_path / "a", monkeypatch, "--max-iterations", "5", "--resident",
+                                "--local-nodes", "2")
+    expected = clean.iterate().loop_data
+    (tmp_path / "b").mkdir()
+    job, _, log = block_sum_job(tmp_path / "b", monkeypatch, "--max-iterations", "5", "--resident",
+                                "--local-nodes", "2", *fault)
+    return expected, job, log, rows
+
+
+
 def test_resident_block_sum_runs_every_iteration_in_the_same_processes(tmp_path, monkeypatch, capsys,
                                                                        no_orphan_daemons):
     job, rows, log = block_sum_job(tmp_path, monkeypatch, "--max-iterations", "4", "--resident",
@@ -55,13 +69,7 @@ def test_resident_record_mapper_and_convergence(kmeans_data, no_orphan_daemons):
 
 def test_killed_resident_task_is_retried_and_rejoins_with_the_same_bits(tmp_path, monkeypatch,
                                                                         no_orphan_daemons):
-    (tmp_path / "a").mkdir()
-    clean, rows, _ = block_sum_job(tmp_path / "a", monkeypatch, "--max-iterations", "5", "--resident",
-                                   "--local-nodes", "2")
-    expected = clean.iterate().loop_data
-    (tmp_path / "b").mkdir()
-    job, _, log = block_sum_job(tmp_path / "b", monkeypatch, "--max-iterations", "5", "--resident",
-                                "--local-nodes", "2", "--die-at", "3:120")
+    expected, job, log, rows = undisturbed_and_faulty(tmp_path, monkeypatch, "--die-at", "3:120")
     t0 = time.monotonic()
     out = job.iterate()
     assert time.monotonic() - t0 < 120
@@ -77,13 +85,7 @@ def test_killed_resident_task_is_retried_and_rejoins_with_the_same_bits(tmp_path
 
 def test_killed_daemon_restarts_from_the_last_finished_iteration_with_the_same_bits(tmp_path, monkeypatch,
                                                                                     capsys, no_orphan_daemons):
-    (tmp_path / "a").mkdir()
-    clean, rows, _ = block_sum_job(tmp_path / "a", monkeypatch, "--max-iterations", "5", "--resident",
-                                   "--local-nodes", "2")
-    expected = clean.iterate().loop_data
-    (tmp_path / "b").mkdir()
-    job, _, log = block_sum_job(tmp_path / "b", monkeypatch, "--max-iterations", "5", "--resident",
-                                "--local-nodes", "2", "--kill-daemon-at", "3:120")
+    expected, job, log, rows = undisturbed_and_faulty(tmp_path, monkeypatch, "--kill-daemon-at", "3:120")
     job.options.quiet = False
     t0 = time.monotonic()
     out = job.iterate()
@@ -133,13 +135,7 @@ def test_killed_daemon_restart_keeps_a_clusters_temporary_store_until_the_run_en
     it outlives a session, so the restart resumes from it, and is removed when the run ends."""
     import dataclasses
 
-    (tmp_path / "a").mkdir()
-    clean, rows, _ = block_sum_job(tmp_path / "a", monkeypatch, "--max-iterations", "5", "--resident",
-                                   "--local-nodes", "2")
-    expected = clean.iterate().loop_data
-    (tmp_path / "b").mkdir()
-    job, _, log = block_sum_job(tmp_path / "b", monkeypatch, "--max-iterations", "5", "--resident",
-                                "--local-nodes", "2", "--kill-daemon-at", "3:120")
+    expected, job, log, rows = undisturbed_and_faulty(tmp_path, monkeypatch, "--kill-daemon-at", "3:120")
     temporary = tmp_path / "cluster-tmp"
     temporary.mkdir()
     options = job.loop_options
