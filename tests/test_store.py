@@ -650,3 +650,26 @@ def test_a_fork_after_an_hdfs_store_is_dropped_does_not_hang():
 
     done = subprocess.run([sys.executable, "-c", FORK_AFTER_HDFS_STORE], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_prune_leaves_what_it_cannot_remove_for_the_next_prune(tmp_path, monkeypatch):
+    """A daemon's background copy landing in an old iteration's directory while it is
+    removed ("Directory not empty") must not fail the run; the next prune removes it."""
+    s = Store(f"file://{tmp_path}")
+    block = Block.from_dict({0: np.array([1.0])})
+    for i in (1, 2, 3):
+        s.save_block(store_mod.contribution_path("sess", i, "t0", "a0"), block)
+    remove_tree = Store.remove_tree
+
+    def busy(self, relpath):
+        if relpath.endswith("iter-000001"):
+            raise StoreError(f"store {self.url}: remove {relpath} failed: [Errno 39] Directory not empty")
+        remove_tree(self, relpath)
+
+    monkeypatch.setattr(Store, "remove_tree", busy)
+    store_mod.prune(s, "sess", keep_loop_from=4, keep_iterations_from=3)
+    left = sorted(p.name for p in (tmp_path / "sessions" / "sess").iterdir())
+    assert left == ["iter-000001", "iter-000003"]  # iteration 2 went; 1 is left for later
+    monkeypatch.setattr(Store, "remove_tree", remove_tree)
+    store_mod.prune(s, "sess", keep_loop_from=4, keep_iterations_from=3)
+    assert sorted(p.name for p in (tmp_path / "sessions" / "sess").iterdir()) == ["iter-000003"]
