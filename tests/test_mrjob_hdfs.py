@@ -79,6 +79,35 @@ def test_put_ls_cat_round_trip(fs, namenodes, tmp_path):
     assert (namenodes[0]["nn:9000"] / "user/me/tmp/run/files/job.py").read_bytes() == b"print('hi')\n"
 
 
+def test_a_private_file_stays_private(fs, namenodes, tmp_path):
+    """The session secret (a 0600 file) must not become readable by others on HDFS."""
+    secret = local_file(tmp_path, "hcollectives-session-secret-x", b"c0ffee\n")
+    os.chmod(secret, 0o600)
+    public = local_file(tmp_path, "job.py", b"print('hi')\n")
+    os.chmod(public, 0o644)
+    fs.put(secret, "hdfs:///user/me/tmp/run/files/secret")
+    fs.put(public, "hdfs:///user/me/tmp/run/files/job.py")
+    root = namenodes[0]["nn:9000"] / "user/me/tmp/run/files"
+    assert (root / "secret").read_bytes() == b"c0ffee\n"
+    assert stat.S_IMODE((root / "secret").stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "job.py").stat().st_mode) & 0o044  # others' files as before
+
+
+def test_hadoop_fs_puts_a_private_file_with_a_private_umask(tmp_path, monkeypatch):
+    monkeypatch.setattr(CachedVersionHadoopFilesystem, "_versions", {})
+    hadoop_bin, log = fake_hadoop(tmp_path)
+    secret = local_file(tmp_path, "secret", b"c0ffee\n")
+    os.chmod(secret, 0o600)
+    public = local_file(tmp_path, "job.py", b"x")
+    os.chmod(public, 0o644)
+    hadoop = CachedVersionHadoopFilesystem(hadoop_bin)
+    hadoop.put(secret, "hdfs:///u/secret")
+    hadoop.put(public, "hdfs:///u/job.py")
+    calls = log.read_text().splitlines()
+    assert f"fs -D fs.permissions.umask-mode=077 -put {secret} hdfs:///u/secret" in calls
+    assert f"fs -put {public} hdfs:///u/job.py" in calls
+
+
 def test_authorities_are_separate_namenodes(fs, namenodes, tmp_path):
     src = local_file(tmp_path, "a", b"a")
     fs.put(src, "hdfs://nn:9000/x/a")

@@ -153,7 +153,11 @@ class NativeHDFSFilesystem(Filesystem):
         store, full, _ = self._resolve(path)
         budget = CALL_TIMEOUT + os.path.getsize(src) / MIN_UPLOAD_RATE
         _make_parent(store, full, path)
-        store.call("put", path, lambda: store.fs.put_file(src, full), timeout=budget)
+        mode = private_mode(src)
+        if mode is None:
+            store.call("put", path, lambda: store.fs.put_file(src, full), timeout=budget)
+        else:
+            store.call("put", path, lambda: _put_private(store.fs, src, full, mode), timeout=budget)
 
     def rm(self, path_glob: str) -> None:
         store, matches, _ = self._matches(path_glob)
@@ -174,6 +178,31 @@ class NativeHDFSFilesystem(Filesystem):
         for chunk in self._read_chunks(path):
             digest.update(chunk)
         return digest.hexdigest()
+
+
+def private_mode(src: str) -> int | None:
+    """The permission bits of a local file only its owner may read (the session
+    secret, a 0600 file), which its HDFS copy must keep; None for any other file."""
+    mode = os.stat(src).st_mode & 0o777
+    return mode if mode & 0o077 == 0 else None
+
+
+def _put_private(fs, src: str, full: str, mode: int) -> None:
+    """Copy *src* to HDFS created with *mode* (hdfs-native), never readable by others
+    even for a moment; on a local store (tests) the same through chmod."""
+    with open(src, "rb") as f:
+        data = f.read()
+    client = getattr(fs, "client", None)
+    if client is None:
+        fs.pipe_file(full, data)
+        os.chmod(full, mode)
+        return
+    from hdfs_native import WriteOptions
+
+    options = WriteOptions()
+    options.overwrite, options.permission = True, mode
+    with client.create(full, write_options=options) as out:
+        out.write(data)
 
 
 def _make_parent(store: Store, full: str, path: str) -> None:
@@ -210,6 +239,14 @@ class CachedVersionHadoopFilesystem(HadoopFilesystem):
     """mrjob's ``hadoop fs`` client, asking ``hadoop version`` once per process, not per job."""
 
     _versions: dict[tuple[str, ...], str] = {}
+
+    def put(self, src: str, path: str) -> None:
+        if private_mode(src) is None:
+            return super().put(src, path)
+        if path.endswith("/"):
+            raise ValueError("put() destination may not be a directory")
+        # The client's umask decides a new file's permissions: 077 creates it 0600.
+        self.invoke_hadoop(["fs", "-D", "fs.permissions.umask-mode=077", "-put", src, path])
 
     def get_hadoop_version(self) -> str:
         key = tuple(self.get_hadoop_bin())
