@@ -42,7 +42,7 @@ minicluster-build:
 	minicluster/bin/minicluster.sh build force
 
 # --- Docker cluster (docker/compose.yaml; see docs/docker.md) ---
-.PHONY: docker-engine docker-engine-stop docker-images docker-clean
+.PHONY: docker-engine docker-engine-stop docker-images docker-clean compose-up compose-down
 
 # Debian's docker.io + docker-compose (installed if missing), dockerd without firewall changes.
 docker-engine:
@@ -57,3 +57,10 @@ docker-images: docker-engine
 
 docker-clean:
 	docker/build.sh clean
+
+# Builds what is missing, starts the cluster, waits for HDFS (out of safe mode) and 2 NodeManagers.
+compose-up:
+	docker/compose.sh up
+
+compose-down:
+	docker/compose.sh down

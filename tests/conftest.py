@@ -84,3 +84,20 @@ def no_orphan_daemons(monkeypatch):
 
 sys.path.insert(0, str(EXAMPLES))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+# A job whose every map task raises (line 8): what a user sees when tasks fail on a cluster.
+BOOM_JOB = """\
+from hcollectives import MRCollectiveJob, AllReduce
+
+
+class Boom(MRCollectiveJob):
+    COLLECTIVE = AllReduce("sum")
+
+    def mapper(self, _, line):
+        raise RuntimeError("boom from the user's mapper on " + line.split()[0])
+
+
+if __name__ == "__main__":
+    Boom.run()
+"""

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from conftest import ROOT, kmeans_reference
+from conftest import BOOM_JOB, ROOT, kmeans_reference
 
 import yaml  # noqa: E402 -- PyYAML is in the test extra; a missing one must fail, not skip
 
@@ -217,7 +217,10 @@ def test_secret_is_mounted_where_daemons_tasks_and_driver_read_it(compose):
     secret_file = (DOCKER / "secret.hex").resolve()
     assert "secret.hex" in (DOCKER / ".gitignore").read_text().split(), \
         "docker/secret.hex must be in docker/.gitignore: each user generates their own secret"
-    assert "> docker/secret.hex" in DOCS.read_text(), "docs/docker.md must show the command that writes it"
+    assert "docker/secret.hex" in DOCS.read_text(), "docs/docker.md must say where the secret is"
+    script = (DOCKER / "compose.sh").read_text()
+    assert '$DOCKER_DIR/secret.hex' in script and '> "$SECRET"' in script, \
+        "docker/compose.sh up must write the secret where compose.yaml looks by default"
     assert secret_file.parent == DOCKER
 
     paths = set()
@@ -384,6 +387,7 @@ class Cluster:
         secret.write_text(os.urandom(32).hex() + "\n")
         secret.chmod(0o644)  # read in the containers by their `hadoop` user
         self.env = {**os.environ, "HCOLLECTIVES_SECRET_FILE": str(secret)}
+        self.script_env = {**self.env, "COMPOSE_PROJECT_NAME": self.project}  # for docker/compose.sh
         self.times: dict[str, float] = {}
 
     def compose(self, *args: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
@@ -445,9 +449,10 @@ class Cluster:
         return found
 
 
-def _timed(times: dict[str, float], what: str, argv: list[str], timeout: float) -> None:
+def _timed(times: dict[str, float], what: str, argv: list[str], timeout: float,
+           env: dict[str, str] | None = None) -> None:
     t0 = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     times[what] = time.monotonic() - t0
     assert done.returncode == 0, f"{shlex.join(argv)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
 
@@ -465,18 +470,17 @@ def cluster():
         _timed(c.times, "Hadoop jars", [build, "jars"], timeout=900)
         _timed(c.times, "cluster image", [build, "image"], timeout=900)
 
-        t0 = time.monotonic()
-        c.compose("up", "-d", timeout=300)
-        # HDFS: the DataNode registered and safe mode is off (so files can be written).
-        c.wait_for("HDFS", lambda: c.state(lambda s: s["datanodes"] >= 1 and not s["safemode"]), timeout=300)
-        # YARN: both NodeManagers registered with the ResourceManager.
+        # `make compose-up`'s script: the images are there now, so it starts the cluster and
+        # waits for HDFS out of safe mode and two RUNNING NodeManagers.
+        _timed(c.times, "cluster start", [str(DOCKER / "compose.sh"), "up"], timeout=900, env=c.script_env)
+        # Every NodeManager of compose.yaml registered, not only two.
         nms = sorted(nodemanagers(load_compose()))
         c.wait_for("YARN", lambda: c.state(lambda s: s["nodemanagers"] == nms), timeout=300)
-        c.times["cluster start"] = time.monotonic() - t0
+        assert c.state(lambda s: s["datanodes"] >= 1 and not s["safemode"])[0], "compose.sh up returned before HDFS"
         yield c
     finally:
         try:
-            c.compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300, check=False)
+            subprocess.run([str(DOCKER / "compose.sh"), "down"], env=c.script_env, timeout=300)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         left = c.leftovers()
@@ -530,3 +534,24 @@ def test_cluster_runs_the_documented_kmeans(cluster, capsys):
 
     with capsys.disabled():  # shown in every run's output: what a first build and a run cost
         print("\ndocker cluster times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in cluster.times.items()))
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_a_failing_task_shows_its_own_exception_on_the_edge(cluster):
+    """The task logs are on the NodeManagers, not on the edge: the driver waits for YARN's log
+    aggregation and reads the task's Python exception through `yarn logs`, within 3 minutes,
+    never a Java line (PipeMapRed's 'subprocess failed' is all mrjob finds there)."""
+    t0 = time.monotonic()
+    run = cluster.edge(f"mkdir -p boom && cd boom && cat > boom.py <<'JOB'\n{BOOM_JOB}JOB\n"
+                       "printf '1 2\\n3 4\\n' > in.txt\n"
+                       "python3 -c 'import numpy; numpy.save(\"init.npy\", numpy.zeros(2))'\n"
+                       "python3 boom.py -r hadoop --initial init.npy --max-iterations 2 in.txt",
+                       timeout=400, check=False)
+    elapsed = time.monotonic() - t0
+    assert run.returncode != 0, f"a job whose tasks raise succeeded:\n{run.stdout[-3000:]}"
+    output = run.stdout + run.stderr
+    error = output[output.rindex("hcollectives: error:"):]
+    assert "RuntimeError: boom from the user's mapper on" in error and "boom.py, line 8, in mapper" in error, error
+    assert "java" not in error.lower(), error
+    assert elapsed < 180, f"the failed run took {elapsed:.0f} s"

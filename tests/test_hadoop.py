@@ -50,7 +50,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import MAPPERS, ROOT, kmeans_reference
+from conftest import BOOM_JOB, MAPPERS, ROOT, kmeans_reference
 from hcollectives.bench import datagen
 from hcollectives.bench.examples import load_example
 from test_mds import assert_rel_close, smacof_reference
@@ -536,22 +536,6 @@ def test_vanilla_kmeans_on_yarn_matches_the_collective_run(cluster_env, data, km
 
 
 # -- what a user sees when things go wrong; a mapper in another language ---------------------------
-
-
-BOOM_JOB = """\
-from hcollectives import MRCollectiveJob, AllReduce
-
-
-class Boom(MRCollectiveJob):
-    COLLECTIVE = AllReduce("sum")
-
-    def mapper(self, _, line):
-        raise RuntimeError("boom from the user's mapper on " + line.split()[0])
-
-
-if __name__ == "__main__":
-    Boom.run()
-"""
 
 
 def test_a_failing_task_shows_its_own_exception_and_the_run_costs_one_job(cluster_env, data, tmp_path):

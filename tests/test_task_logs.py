@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -113,3 +114,31 @@ def test_an_unusable_yarn_logs_is_no_error(tmp_path, monkeypatch):
     monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
     assert failed_task_error(APP, hadoop_bin=[str(tmp_path / "no-hadoop")]) is None
     assert failed_task_error(APP, hadoop_bin=[sys.executable, "-c", "print('no logs')"]) is None
+
+
+def test_yarn_logs_waits_for_the_log_aggregation_to_end(tmp_path, monkeypatch):
+    """Right after a failed application ends its logs are not uploaded yet: ask the
+    ResourceManager until its logAggregationStatus is over, then `yarn logs`."""
+    from hcollectives.hadoop import task_logs
+
+    statuses = iter(["NOT_START", "RUNNING", "RUNNING", "SUCCEEDED"])
+    asked = []
+
+    def fake_ask(url):
+        asked.append(url)
+        return {"app": {"id": APP, "logAggregationStatus": next(statuses)}}
+
+    monkeypatch.setattr(task_logs.yarn_watch, "ask", fake_ask)
+    assert task_logs.wait_for_log_aggregation(APP, "http://rm:8088/", poll=0.01) == "SUCCEEDED"
+    assert asked == [f"http://rm:8088/ws/v1/cluster/apps/{APP}"] * 4
+
+
+def test_the_log_aggregation_wait_is_bounded(monkeypatch):
+    from hcollectives.hadoop import task_logs
+
+    monkeypatch.setattr(task_logs.yarn_watch, "ask", lambda url: {"app": {"logAggregationStatus": "RUNNING"}})
+    t0 = time.monotonic()
+    assert task_logs.wait_for_log_aggregation(APP, "http://rm:8088", timeout=0.3, poll=0.05) == "RUNNING"
+    assert time.monotonic() - t0 < 2
+    monkeypatch.setattr(task_logs.yarn_watch, "ask", lambda url: None)  # no ResourceManager: no wait
+    assert task_logs.wait_for_log_aggregation(APP, "http://rm:8088", timeout=30) is None

@@ -190,6 +190,9 @@ def _native_hdfs_fs(runner: Any):
     return runner._fs
 
 
+_STREAMING_EXIT = re.compile(r"PipeMapRed\.waitOutputThreads\(\): subprocess failed with code (\d+)")
+
+
 def _error_message(error: dict | None) -> str | None:
     """The exception in an mrjob error dict (what the task raised), never a Java stack frame."""
     from ..hadoop.task_logs import missing_module_advice, python_error
@@ -205,6 +208,11 @@ def _error_message(error: dict | None) -> str | None:
         # ("at org.apache...(YarnChild.java:172)") only where.
         lines = [line.strip() for line in message.strip().splitlines()
                  if line.strip() and not line.strip().startswith("at ")]
+        exited = _STREAMING_EXIT.search(lines[0]) if lines else None
+        if exited:  # streaming's PipeMapRed only says the task's process failed, not why
+            return (f"the task's process exited with code {exited.group(1)}; its own stderr was found neither "
+                    "in the NodeManagers' log dirs on this machine (mrjob's hadoop_log_dirs) nor through "
+                    "`yarn logs` (YARN log aggregation)")
         if lines:
             return lines[0][:500]
     return None
@@ -212,6 +220,7 @@ def _error_message(error: dict | None) -> str | None:
 
 def _hadoop_task_cause(runner: Any, log_interpretation: dict) -> str | None:
     """The failed tasks' own Python exception from their containers' stderr (task_logs.py)."""
+    from ..hadoop.hadoop_conf import resource_manager_web
     from ..hadoop.task_logs import failed_task_error
 
     step = (log_interpretation or {}).get("step") or {}
@@ -224,7 +233,7 @@ def _hadoop_task_cause(runner: Any, log_interpretation: dict) -> str | None:
         hadoop_bin = None
     try:
         found = failed_task_error(application, log_dirs=runner._opts.get("hadoop_log_dirs") or (),
-                                  hadoop_bin=hadoop_bin)
+                                  hadoop_bin=hadoop_bin, rm_web=resource_manager_web())
     except Exception:  # noqa: BLE001 -- looking for the cause must never hide the failure itself
         return None
     return found.describe() if found else None

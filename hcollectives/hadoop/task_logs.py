@@ -7,7 +7,8 @@ else it falls back to the streaming jar's Java exception
 line is a Java stack frame. The task's Python exception is in the stderr of
 its container, which the NodeManager keeps under its log dirs
 (``yarn.nodemanager.log-dirs``, ``<dir>/<application>/<container>/stderr``)
-or, with log aggregation, hands out through ``yarn logs``.
+or, with log aggregation, hands out through ``yarn logs`` once the
+NodeManagers have uploaded them, seconds after the application ended.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from . import hadoop_conf
+from . import hadoop_conf, yarn_watch
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 TAIL_BYTES = 64 * 1024
 MAX_FILES = 200  # containers of one application looked at, at most
 YARN_LOGS_TIMEOUT = 60.0
+# With log aggregation, `yarn logs` right after a failed application ends finds
+# nothing yet: wait (bounded) until the ResourceManager says the upload is over.
+AGGREGATION_WAIT = 60.0
+_AGGREGATING = {"NOT_START", "RUNNING", "RUNNING_WITH_FAILURE"}
 
 # Modules the tasks' Python must have: their absence means python_bin names the wrong Python.
 _NEEDED = ("numpy", "mrjob", "hcollectives", "trio", "msgpack")
@@ -154,11 +160,28 @@ def from_yarn_logs(application: str, hadoop_bin: list[str]) -> TaskError | None:
     return _summarise(errors)
 
 
+def wait_for_log_aggregation(application: str, rm_web: str, *, timeout: float = AGGREGATION_WAIT,
+                             poll: float = 1.0) -> str | None:
+    """Wait until the application's logs are uploaded (or failed to be, or never will
+    be), at most *timeout* s; the last ``logAggregationStatus`` seen, None if no answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = yarn_watch.ask(f"{rm_web.rstrip('/')}/ws/v1/cluster/apps/{application}")
+        app = answer.get("app") if isinstance(answer, dict) else None
+        status = app.get("logAggregationStatus") if isinstance(app, dict) else None
+        if status not in _AGGREGATING or time.monotonic() + poll > deadline:
+            return status
+        time.sleep(poll)
+
+
 def failed_task_error(application: str, *, log_dirs: Iterable[str] = (),
-                      hadoop_bin: list[str] | None = None) -> TaskError | None:
+                      hadoop_bin: list[str] | None = None, rm_web: str | None = None) -> TaskError | None:
     """The failed tasks' own Python exception: from the NodeManagers' log dirs on this
-    machine, else (log aggregation) from ``yarn logs``; None if neither has one."""
+    machine, else (log aggregation) from ``yarn logs`` once the ResourceManager at
+    *rm_web* says the logs are uploaded; None if neither has one."""
     error = from_log_dirs(application, node_log_dirs(log_dirs))
     if error is None and hadoop_bin:
+        if rm_web:
+            wait_for_log_aggregation(application, rm_web)
         error = from_yarn_logs(application, hadoop_bin)
     return error

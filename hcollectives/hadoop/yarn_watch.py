@@ -103,12 +103,17 @@ class MapLaunchWatcher(threading.Thread):
 
     @staticmethod
     def _ask(url: str) -> object | None:
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as reply:  # noqa: S310 -- http only
-                return json.loads(reply.read(1 << 20))
-        except (OSError, ValueError, urllib.error.URLError):
-            return None
+        return ask(url)
+
+
+def ask(url: str) -> object | None:
+    """A ResourceManager REST answer (JSON, at most 1 MiB), or None if there is none."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as reply:  # noqa: S310 -- http only
+            return json.loads(reply.read(1 << 20))
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
 
 
 def kill_application(rm_web: str, tag: str, *, timeout: float = REQUEST_TIMEOUT) -> str | None:
