@@ -12,7 +12,8 @@ end; without Java or Maven the module is skipped, under CI=true it fails.
   undisturbed run;
 - a node daemon killed with SIGKILL mid-run: the driver restarts the loop
   from the last finished iteration (the run's temporary store on HDFS) with
-  the undisturbed result;
+  the undisturbed result; the same kill with one job per iteration: a
+  successor daemon rejoins, and the result is the undisturbed one too;
 - a resident job that cannot fit (4 maps of 4 GiB on two 4 GiB NodeManagers)
   fails before submission, naming tasks and slots.
 """
@@ -115,19 +116,22 @@ def test_killed_resident_task_on_yarn_rejoins_and_counts_once(cluster_env, resid
                                rtol=1e-12)
 
 
-def test_killed_daemon_on_yarn_restarts_from_the_last_finished_iteration(cluster_env, resident_data, tmp_path):
-    """kill -9 of a node daemon mid-run, with a bare -r hadoop (the run's temporary store on
-    HDFS, no --checkpoint-uri): the driver restarts the loop from the last finished iteration
-    in a new session and application, and the result is the undisturbed one."""
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "one-job-per-iteration"])
+def test_killed_daemon_on_yarn_finishes_with_the_undisturbed_result(cluster_env, resident_data, tmp_path, resident):
+    """kill -9 of a node daemon mid-run (iteration 3, by a task of that node), with a bare
+    -r hadoop (the run's temporary store on HDFS, no --checkpoint-uri). Resident: the driver
+    restarts the loop from the last finished iteration in a new session and application.
+    One job per iteration: the node's next task starts a successor daemon that rejoins the
+    iteration, its lost pieces read back from the store. Either way the undisturbed result."""
     log = tmp_path / "block.log"
     script = JOBS / "block_sum.py"
-    common = ["--initial", resident_data["zeros"], "--max-iterations", ITERATIONS, "--resident"]
+    common = ["--initial", resident_data["zeros"], "--max-iterations", ITERATIONS, *(["--resident"] * resident)]
     done = run(python(script, *mrjob_hadoop_args(cluster_env), *ITERATION_TIMEOUT, *common,
                       "--cmdenv", f"BLOCK_LOG={log}", "--kill-daemon-at", "3:120", "--result", tmp_path / "yarn.npy",
                       resident_data["rows_hdfs"]), cluster_env)
     assert done.returncode == 0, stderr_tail(done)
     assert (tmp_path / "block.log.daemon-killed").exists(), "no daemon was killed"
-    assert "restarted from the last finished iteration" in done.stderr, stderr_tail(done)
+    assert ("restarted from the last finished iteration" in done.stderr) is resident, stderr_tail(done)
     rows = resident_data["rows"]
     np.testing.assert_allclose(np.load(tmp_path / "yarn.npy"), ITERATIONS * np.append(rows.sum(0), len(rows)),
                                rtol=1e-12)
