@@ -8,6 +8,9 @@ store too) then computes the result the way the collective would have --
 the same per-node reductions, the same tree or ring order -- writes it where
 the daemons' fallback looks for it, and carries on. Every accepted piece is
 in the store: a daemon acknowledges a contribution only once it is written.
+(Resident tasks' contributions are acknowledged before their copy is written,
+`Contribute.durable`; a resident run does not get here: a lost daemon ends
+its session and the driver restarts the loop from the last finished iteration.)
 """
 
 from __future__ import annotations
