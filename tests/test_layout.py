@@ -81,3 +81,18 @@ def test_the_checker_sees_an_upward_import() -> None:
                    "def f():\n    from hcollectives.driver import loop\n"):
         imported = _imports(node, source)
         assert imported and all(_layer(name) > _layer("services.node") for name in imported), source
+
+
+def test_the_readme_layer_table_names_every_module() -> None:
+    """The README's table is where a reader looks for a module: it must name each one
+    on its package's row (the row that names the package's directory)."""
+    readme = (ROOT.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "`" in line]
+    for path in _modules():
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        relative = path.relative_to(ROOT)
+        top = f"`{relative.parts[0]}/`" if len(relative.parts) > 1 else f"`{path.name}`"
+        row = next((r for r in rows if top in r), None)
+        assert row is not None, f"README's layer table has no row for {top}"
+        assert f"`{path.name}`" in row, f"README's layer table does not name {relative} on the {top} row"
