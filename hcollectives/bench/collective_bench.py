@@ -19,6 +19,7 @@ process's interpreter lock inside the timed window.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -29,8 +30,6 @@ import tempfile
 import threading
 import time
 from typing import Any
-
-import json
 
 import numpy as np
 import trio
