@@ -187,3 +187,17 @@ def test_key_order_puts_ints_before_strs() -> None:
 def test_constructor_enforces_canonical_key_order() -> None:
     with pytest.raises(ValueError):
         Block((2, 1), offsets(0, 1, 2), np.array([20.0, 10.0]))
+
+
+def test_with_layout_of_shares_the_checked_layout_and_checks_the_new_values() -> None:
+    valid = Block.from_dict({1: [1.0, 2.0], 5: [3.0]})
+    values = np.array([4.0, 5.0, 6.0])
+    block = Block.with_layout_of(valid, values)
+    assert block.keys == valid.keys and block.offsets is valid.offsets and block.values is values
+    assert block.same_layout(valid) and block == Block.from_dict({1: [4.0, 5.0], 5: [6.0]})
+    for bad in (np.array([1.0, 2.0]), np.array([1, 2, 3]), np.ones((3, 1))):  # length, dtype, ndim
+        with pytest.raises(ValueError):
+            Block.with_layout_of(valid, bad)
+    # a non-contiguous view goes through the constructor (which makes it contiguous)
+    strided = np.arange(6.0)[::2]
+    assert Block.with_layout_of(valid, strided).values.flags.c_contiguous

@@ -16,13 +16,21 @@ def test_small_collective_bench_runs_and_is_correct(kind):
     assert out["loopback_gib_per_s"] > 0
 
 
+def test_tasks_as_threads_still_run_and_are_checked():
+    out = collective_bench.run(kinds=("allgather",), nodes=(2,), sizes=(1024,), repeats=1, tasks="thread")
+    assert out["tasks"] == "thread" and len(out["collectives"]) == 1
+    assert collective_bench.round_trip(repeats=2, tasks="thread")["repeats"] == 2
+    with pytest.raises(ValueError):
+        collective_bench.run(tasks="fibres")
+
+
 def test_loopback_bandwidth_is_measured():
     assert collective_bench.loopback_bandwidth(8 << 20) > 1e6  # more than 1 MB/s, surely
 
 
 def test_task_round_trip_checks_the_result_and_times_each_repeat():
     out = collective_bench.round_trip(repeats=3)
-    assert out["repeats"] == 3 and 0 < out["min_s"] <= out["median_s"] < 30
+    assert out["tasks"] == "process" and out["repeats"] == 3 and 0 < out["min_s"] <= out["median_s"] < 30
 
 
 def test_side_by_side_pairs_rows_with_open_mpi_and_gives_the_ratio():

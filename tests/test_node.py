@@ -995,3 +995,43 @@ def test_a_peer_message_that_arrives_during_our_join_waits_for_it_instead_of_bei
         assert got == [piece]
 
     trio.run(main)
+
+
+def test_a_silent_peer_connection_times_out_and_handling_a_message_is_not_counted_as_silence():
+    """The peer reader's one deadline (moved on before each read, lifted while
+    a message is handled) still ends a peer connection idle for task_idle,
+    and a slow handler is not cut off by it."""
+    from hcollectives.errors import CollectiveTimeout
+    from hcollectives.protocol import messages as msg
+
+    step = msg.HasResult("sess", "n2", 1)  # any message for the session
+    handled: list = []
+
+    class Session:
+        async def on_peer_event(self, event) -> None:
+            await trio.sleep(0.5)  # longer than task_idle: must not be cancelled
+            handled.append(event)
+
+    class Channel:
+        label = "peer n2"
+
+        def __init__(self) -> None:
+            self.events = [step, step]
+
+        async def receive(self, timeout=None):
+            assert timeout is None  # the deadline is the reader's own
+            if self.events:
+                await trio.sleep(0.1)  # within task_idle
+                return self.events.pop()
+            await trio.sleep_forever()
+
+    async def main() -> None:
+        daemon = NodeDaemon(node="n1", secret=SECRET, timeouts=Timeouts(connect=5, task_idle=0.3))
+        daemon.sessions["sess"] = Session()
+        start = trio.current_time()
+        with trio.fail_after(5), pytest.raises(CollectiveTimeout, match="0.3s waiting for a message from peer n2"):
+            await daemon._handle_peer(Channel())
+        assert handled == [step, step]
+        assert trio.current_time() - start >= 2 * 0.6 + 0.3
+
+    trio.run(main)

@@ -88,6 +88,23 @@ class Block:
     # -- construction -----------------------------------------------------
 
     @classmethod
+    def with_layout_of(cls, valid: "Block", values: np.ndarray) -> "Block":
+        """A block with *valid*'s keys and offsets (shared: blocks are read-only)
+        and *values*, a 1-D C-contiguous float64 array as long as *valid*'s.
+
+        The checks of the constructor are about keys and offsets, which *valid*
+        passed already; only *values* is new, and it is checked here. A
+        reduction builds one of these per combine on the latency path."""
+        if (type(values) is not np.ndarray or values.dtype != VALUE_DTYPE or values.ndim != 1
+                or len(values) != len(valid.values) or not values.flags.c_contiguous):
+            return cls(valid.keys, valid.offsets, values)  # the constructor says what is wrong
+        block = object.__new__(cls)
+        object.__setattr__(block, "keys", valid.keys)
+        object.__setattr__(block, "offsets", valid.offsets)
+        object.__setattr__(block, "values", values)
+        return block
+
+    @classmethod
     def empty(cls) -> "Block":
         return cls((), np.zeros(1, OFFSET_DTYPE), np.zeros(0, VALUE_DTYPE))
 
@@ -149,6 +166,8 @@ class Block:
 
     def same_layout(self, other: "Block") -> bool:
         """True when both blocks have the same keys in the same order and lengths."""
+        if self.offsets is other.offsets:  # (reductions share them: `with_layout_of`)
+            return self.keys == other.keys
         return self.keys == other.keys and np.array_equal(self.offsets, other.offsets)
 
     def __eq__(self, other: object) -> bool:

@@ -103,7 +103,7 @@ def reduce_blocks(blocks: Sequence[Block] | Iterable[Block], op: str) -> Block:
         values = first.values.copy()
         for b in blocks[1:]:
             ufunc(values, b.values, out=values)
-        return Block(first.keys, first.offsets.copy(), values)
+        return Block.with_layout_of(first, values)
     acc: dict[Key, np.ndarray] = {}
     for b in blocks:
         for key, vec in b.items():

@@ -9,10 +9,17 @@ off here, so the store's background writes do not compete for the CPU.
 
 Sizes are the size of the result: an AllReduce of S bytes reduces one S-byte
 vector per node; an AllGather of S bytes gathers N rows of S/N bytes.
+
+Each task runs in a process of its own, as a map task does (`bench_task.py`:
+one per node, started before the first iteration and kept); ``tasks="thread"``
+runs them as threads of this process instead, as this bench did before
+issue 13's second round, where they competed with the coordinator for this
+process's interpreter lock inside the timed window.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -32,6 +39,8 @@ from ..protocol.connection import new_secret
 from ..services.coordinator import Coordinator, SessionConfig
 from ..services.rendezvous import _read_line
 from ..services.task import TaskClient, TaskEnv
+from . import bench_task
+from .bench_task import bench_block
 
 DEFAULT_SIZES = (1 << 10, 1 << 14, 1 << 18, 1 << 20, 8 << 20, 64 << 20)
 
@@ -50,6 +59,50 @@ def _start_daemons(n: int, secret: bytes, tmp: str) -> tuple[list[subprocess.Pop
     return procs, addresses
 
 
+class _TaskProcesses:
+    """One `bench_task` process per node, asked in JSON lines (see there)."""
+
+    def __init__(self, n: int, secret: bytes) -> None:
+        self._n, self._secret = n, secret
+        self._procs: list[trio.Process] = []
+        self._pending: list[bytes] = []
+
+    async def __aenter__(self) -> "_TaskProcesses":
+        env = dict(os.environ, HCOLLECTIVES_SECRET=self._secret.hex())
+        for _ in range(self._n):
+            self._procs.append(await trio.lowlevel.open_process(
+                [sys.executable, "-m", "hcollectives.bench.bench_task"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, env=env))
+            self._pending.append(b"")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for proc in self._procs:
+            with trio.CancelScope(shield=True):
+                await proc.stdin.aclose()  # end of requests: it exits
+                with trio.move_on_after(10):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+    async def ask(self, i: int, request: dict[str, Any]) -> None:
+        await self._procs[i].stdin.send_all(json.dumps(request).encode() + b"\n")
+
+    async def answer(self, i: int, timeout: float) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while b"\n" not in self._pending[i]:
+                data = await self._procs[i].stdout.receive_some(65536)
+                if not data:
+                    raise RuntimeError(f"bench task {i} exited (code {await self._procs[i].wait()})")
+                self._pending[i] += data
+        line, _, self._pending[i] = self._pending[i].partition(b"\n")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"bench task {i} failed: {reply.get('error')}")
+        return reply
+
+
 def _contribute(env: TaskEnv, block: Block, errors: list[BaseException]) -> None:
     try:
         with TaskClient(env) as client:
@@ -59,14 +112,16 @@ def _contribute(env: TaskEnv, block: Block, errors: list[BaseException]) -> None
         errors.append(exc)
 
 
-async def _measure(kind: str, n: int, sizes: tuple[int, ...], repeats: int, tmp: str) -> list[dict[str, Any]]:
+async def _measure(kind: str, n: int, sizes: tuple[int, ...], repeats: int, tmp: str,
+                   tasks: str = "process") -> list[dict[str, Any]]:
     secret, session = new_secret(), secrets.token_hex(8)
     config = SessionConfig(session, secret, kind, "sum" if kind == "allreduce" else "none", 2, "", 30.0, 1)
     coordinator = Coordinator(config, np.zeros(1))
     procs, addresses = _start_daemons(n, secret, tmp)
     rows: list[dict[str, Any]] = []
     try:
-        async with trio.open_nursery() as nursery:
+        async with _TaskProcesses(n if tasks == "process" else 0, secret) as workers, \
+                trio.open_nursery() as nursery:
             address = await nursery.start(coordinator.serve)
             iteration = 0
             for size in sizes:
@@ -76,13 +131,15 @@ async def _measure(kind: str, n: int, sizes: tuple[int, ...], repeats: int, tmp:
                     coordinator.set_num_tasks(iteration, n)
                     threads, errors = [], []
                     for i in range(n):
-                        if kind == "allreduce":
-                            block = Block.from_dict({0: np.full(size // 8, float(i + 1))})
+                        fields = [session, address, iteration, f"t{i}", f"t{i}_0", n, f"n{i}",
+                                  tmp, addresses[i], "bench", 600.0]
+                        if tasks == "process":
+                            await workers.ask(i, {"op": "contribute", "env": fields, "kind": kind, "rank": i,
+                                                  "nodes": n, "bytes": size})
                         else:
-                            block = Block.from_dict({i: np.full(size // 8 // n, float(i + 1))})
-                        env = TaskEnv(session, address, secret, iteration, f"t{i}", f"t{i}_0", n, f"n{i}",
-                                      tmp, addresses[i], "bench", 600.0)
-                        threads.append(threading.Thread(target=_contribute, args=(env, block, errors), daemon=True))
+                            env = TaskEnv(*fields[:2], secret, *fields[2:])
+                            threads.append(threading.Thread(target=_contribute, daemon=True,
+                                                            args=(env, bench_block(kind, i, n, size), errors)))
                     for t in threads:
                         t.start()
                     rec = coordinator.record(iteration)
@@ -92,6 +149,12 @@ async def _measure(kind: str, n: int, sizes: tuple[int, ...], repeats: int, tmp:
                     await coordinator.wait_result(iteration, timeout=120)
                     for t in threads:
                         await trio.to_thread.run_sync(t.join, 30)
+                    if tasks == "process":
+                        for i in range(n):
+                            try:
+                                await workers.answer(i, 30)
+                            except RuntimeError as exc:
+                                errors.append(exc)
                     if errors:
                         raise RuntimeError(f"{kind} of {size} bytes: a task failed: {errors[0]!r}")
                     times.append(rec.times["all_nodes_have_result"] - rec.times["sealed"])
@@ -122,52 +185,33 @@ def _check(kind: str, n: int, size: int, result: Block | None) -> None:
         raise RuntimeError(f"{kind} of {size} bytes over {n} nodes gave a wrong result")
 
 
-async def _round_trip(repeats: int, tmp: str, nbytes: int = 1024) -> dict[str, Any]:
+async def _round_trip(repeats: int, tmp: str, nbytes: int = 1024, tasks: str = "process") -> dict[str, Any]:
     """A task's contribution to its daemon and the result back, one node.
 
-    The task (a thread with a blocking channel, as a map task has) sends its
-    block (Contribute -> ContributeAck: the daemon claims it with the
-    coordinator, which seals the iteration), then asks for the next
-    iteration's loop data and gets the result in a PostProcessLease. Timed:
-    from sending Contribute until the lease (holding the result) is in hand.
+    The task (a process of its own, or with ``tasks="thread"`` a thread of
+    this one, with a blocking channel, as a map task has) sends its block
+    (Contribute -> ContributeAck: the daemon claims it with the coordinator,
+    which seals the iteration), then asks for the next iteration's loop data
+    and gets the result in a PostProcessLease. Timed by the task: from
+    sending Contribute until the lease (holding the result) is in hand
+    (`bench_task.round_trip`).
     """
     secret, session = new_secret(), secrets.token_hex(8)
     coordinator = Coordinator(SessionConfig(session, secret, "allreduce", "sum", 2, "", 30.0, 1), np.zeros(1))
     procs, addresses = _start_daemons(1, secret, tmp)
-    times: list[float] = []
     try:
-        async with trio.open_nursery() as nursery:
+        async with _TaskProcesses(1 if tasks == "process" else 0, secret) as workers, \
+                trio.open_nursery() as nursery:
             address = await nursery.start(coordinator.serve)
             for i in range(1, repeats + 3):
                 coordinator.set_num_tasks(i, 1)
-
-            def task() -> None:
-                from ..protocol import messages as m
-                from ..transport.sync_channel import SyncChannel
-
-                block = Block.from_dict({0: np.ones(nbytes // 8)})
-                channel = SyncChannel.connect(addresses[0], role="task", name="t0", secret=secret, timeout=30)
-                try:
-                    channel.send(m.TaskStarted(session, 1, "t0", "t0_0", 1, "n0", address), timeout=30)
-                    channel.send(m.GetLoopData(session, 1), timeout=30)
-                    channel.receive(timeout=30)  # iteration 1's loop data, from the coordinator
-                    for i in range(1, repeats + 2):
-                        t0 = time.perf_counter()
-                        channel.send(m.Contribute(session, i, "t0", "t0_0", block), timeout=30)
-                        ack = channel.receive(timeout=30)
-                        channel.send(m.GetLoopData(session, i + 1), timeout=30)
-                        lease = channel.receive(timeout=30)
-                        elapsed = time.perf_counter() - t0
-                        if not (isinstance(ack, m.ContributeAck) and ack.accepted
-                                and isinstance(lease, m.PostProcessLease) and lease.result == block):
-                            raise RuntimeError(f"round trip {i}: got {ack!r:.100} and {lease!r:.100}")
-                        channel.send(m.LoopData(session, i + 1, np.zeros(1), False), timeout=30)
-                        if i > 1:  # the first also opens the coordinator's records
-                            times.append(elapsed)
-                finally:
-                    channel.close()
-
-            await trio.to_thread.run_sync(task)
+            request = {"op": "round_trip", "session": session, "coordinator": address, "daemon": addresses[0],
+                       "repeats": repeats, "bytes": nbytes}
+            if tasks == "process":
+                await workers.ask(0, request)
+                times = (await workers.answer(0, 60 + repeats))["times"]
+            else:
+                times = (await trio.to_thread.run_sync(bench_task.round_trip, request, secret))["times"]
             nursery.cancel_scope.cancel()
     finally:
         for proc in procs:
@@ -177,12 +221,12 @@ async def _round_trip(repeats: int, tmp: str, nbytes: int = 1024) -> dict[str, A
                 proc.kill()
                 proc.wait()
     return {"bytes": nbytes, "nodes": 1, "median_s": statistics.median(times), "min_s": min(times),
-            "repeats": len(times)}
+            "repeats": len(times), "tasks": tasks}
 
 
-def round_trip(repeats: int = 20) -> dict[str, Any]:
+def round_trip(repeats: int = 20, tasks: str = "process") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hcollectives-cbench-") as tmp:
-        return trio.run(_round_trip, repeats, tmp)
+        return trio.run(_round_trip, repeats, tmp, 1024, tasks)
 
 
 def side_by_side(ours: list[dict[str, Any]], mpi: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -233,10 +277,14 @@ def loopback_bandwidth(nbytes: int = 256 << 20) -> float:
     return got / elapsed
 
 
-def run(kinds=("allreduce", "allgather"), nodes=(2, 4), sizes=DEFAULT_SIZES, repeats: int = 5) -> dict[str, Any]:
+def run(kinds=("allreduce", "allgather"), nodes=(2, 4), sizes=DEFAULT_SIZES, repeats: int = 5,
+        tasks: str = "process") -> dict[str, Any]:
+    """Every (kind, nodes, size); *tasks*: "process" (as map tasks are) or "thread"."""
+    if tasks not in ("process", "thread"):
+        raise ValueError(f"tasks must be 'process' or 'thread', not {tasks!r}")
     rows = []
     for kind in kinds:
         for n in nodes:
             with tempfile.TemporaryDirectory(prefix="hcollectives-cbench-") as tmp:
-                rows.extend(trio.run(_measure, kind, n, tuple(sizes), repeats, tmp))
-    return {"loopback_gib_per_s": loopback_bandwidth() / 2**30, "collectives": rows}
+                rows.extend(trio.run(_measure, kind, n, tuple(sizes), repeats, tmp, tasks))
+    return {"loopback_gib_per_s": loopback_bandwidth() / 2**30, "collectives": rows, "tasks": tasks}

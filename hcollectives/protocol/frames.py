@@ -217,6 +217,18 @@ class FrameDecoder:
         self._filled += n
         self._skip_full_buffers()
 
+    def between_frames(self) -> bytearray | None:
+        """The bytes received and not yet decoded, when no frame is begun (for
+        `fast_decode`, which may take a whole small frame from their front with
+        `consume`); None in the middle of a frame."""
+        return self._buf if self._lengths is None else None
+
+    def consume(self, n: int) -> None:
+        """Drop the first *n* bytes of `between_frames` (a frame decoded elsewhere)."""
+        if self._lengths is not None or not 0 <= n <= len(self._buf):
+            raise LocalProtocolError("consume() in the middle of a frame or past the received bytes")
+        del self._buf[:n]
+
     @property
     def eof(self) -> bool:
         return self._eof

@@ -37,9 +37,29 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# Idents already seen valid: a run repeats a handful (session, node, task and
+# attempt names) on every message, and the regex is the dearest check of a small
+# one. Only exact strs are looked up (a str subclass could compare equal to a
+# valid ident without being one); cleared when full, so it stays bounded.
+_VALID_IDENTS: set[str] = set()
+_MAX_VALID_IDENTS = 4096
+
+
+def _check_ident(value: Any) -> bool:
+    if type(value) is str and value in _VALID_IDENTS:
+        return True
+    if not (isinstance(value, str) and _IDENT.match(value)):
+        return False
+    if type(value) is str:
+        if len(_VALID_IDENTS) >= _MAX_VALID_IDENTS:
+            _VALID_IDENTS.clear()
+        _VALID_IDENTS.add(value)
+    return True
+
+
 def _check(kind: str, value: Any) -> bool:
     if kind == "ident":
-        return isinstance(value, str) and bool(_IDENT.match(value))
+        return _check_ident(value)
     if kind == "iteration":
         return _is_int(value) and 0 <= value <= MAX_ITERATION
     if kind == "int":
@@ -55,12 +75,12 @@ def _check(kind: str, value: Any) -> bool:
     if kind == "mac":
         return isinstance(value, bytes) and len(value) == 32
     if kind == "idents":
-        return isinstance(value, list) and all(_check("ident", v) for v in value)
+        return isinstance(value, list) and all(_check_ident(v) for v in value)
     if kind == "addresses":
         return isinstance(value, list) and all(isinstance(v, str) and len(v) <= 300 for v in value)
     if kind == "pieces":  # [[task, attempt, node], ...]
         return isinstance(value, list) and all(
-            isinstance(p, list) and len(p) == 3 and all(_check("ident", x) for x in p) for p in value)
+            isinstance(p, list) and len(p) == 3 and all(_check_ident(x) for x in p) for p in value)
     if kind == "array":
         return isinstance(value, np.ndarray) and value.dtype.kind != "O"
     if kind == "block":

@@ -15,13 +15,14 @@ module owns the process's lifetime:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
 
 import trio
 
-from ..errors import ConnectionLost, HCollectivesError, ProtocolError
+from ..errors import CollectiveTimeout, ConnectionLost, HCollectivesError, ProtocolError
 from ..protocol import messages as m
 from ..transport.buffer_pool import BufferPool
 from ..transport.rejections import Rejections
@@ -168,23 +169,35 @@ class NodeDaemon:
             raise
 
     async def _handle_peer(self, channel: Channel) -> None:
-        while True:
-            event = await channel.receive(timeout=self.timeouts.task_idle)
-            session_id = getattr(event, "session", "")
+        # One deadline for the connection's lifetime, moved on before each read
+        # and lifted while a message is handled (as a receive timeout would be):
+        # a cancel scope entered and left around every read costs more than
+        # the rest of a small step's reading.
+        idle = self.timeouts.task_idle
+        with trio.CancelScope() as waiting:
+            while True:
+                waiting.deadline = trio.current_time() + idle
+                event = await channel.receive()
+                waiting.deadline = math.inf
+                await self._on_peer_event(channel, event)
+        raise CollectiveTimeout(f"timed out after {idle:g}s waiting for a message from {channel.label}")
+
+    async def _on_peer_event(self, channel: Channel, event: m.Message) -> None:
+        session_id = getattr(event, "session", "")
+        session = self.sessions.get(session_id)
+        if session is None and self._join_lock.locked():
+            # A peer sends to us once the coordinator lists us in Members,
+            # which can be before we have read its SessionInfo ourselves:
+            # wait for that join to end rather than drop the message (an
+            # AllGather piece pushed then would never come again).
+            with trio.move_on_after(self.timeouts.connect):
+                while session_id not in self.sessions and self._join_lock.locked():
+                    await self._changed.wait()
             session = self.sessions.get(session_id)
-            if session is None and self._join_lock.locked():
-                # A peer sends to us once the coordinator lists us in Members,
-                # which can be before we have read its SessionInfo ourselves:
-                # wait for that join to end rather than drop the message (an
-                # AllGather piece pushed then would never come again).
-                with trio.move_on_after(self.timeouts.connect):
-                    while session_id not in self.sessions and self._join_lock.locked():
-                        await self._changed.wait()
-                session = self.sessions.get(session_id)
-            if session is None:
-                log.warning("node %s: %s for unknown session from %s", self.node, event.TYPE, channel.label)
-                continue
-            await session.on_peer_event(event)
+        if session is None:
+            log.warning("node %s: %s for unknown session from %s", self.node, event.TYPE, channel.label)
+            return
+        await session.on_peer_event(event)
 
     # -- sessions -----------------------------------------------------------------------------
 

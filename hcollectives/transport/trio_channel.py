@@ -162,14 +162,22 @@ class Channel:
             raise ConnectionLost(f"{self.label} closed the connection")
         if event is not NEED_DATA:
             return event
+        if timeout == math.inf:
+            # The readers of the coordinator connections (both ends) wait with no
+            # deadline of their own (silence is watched elsewhere): no cancel
+            # scope to enter and leave around every message they read.
+            return await self._read_event()
         with _deadline(timeout, f"waiting for a message from {self.label}"):
-            while True:  # (`next_event` just said NEED_DATA: read first)
-                await self._read_some()
-                event = self._conn.next_event()
-                if event is CLOSED:
-                    raise ConnectionLost(f"{self.label} closed the connection")
-                if event is not NEED_DATA:
-                    return event
+            return await self._read_event()
+
+    async def _read_event(self) -> Message:
+        while True:  # (`next_event` just said NEED_DATA: read first)
+            await self._read_some()
+            event = self._conn.next_event()
+            if event is CLOSED:
+                raise ConnectionLost(f"{self.label} closed the connection")
+            if event is not NEED_DATA:
+                return event
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
