@@ -256,6 +256,11 @@ class Coordinator:
         c = self.config
         store = st.Store(c.checkpoint_uri)
         try:
+            # A piece accepted just before its daemon died may still be on its way
+            # (its task's retry, through a successor): wait for it rather than fail.
+            if not await rescue.wait_for_pieces(store, c.session, seal, until=lambda: "result" in rec.times
+                                                or self.failure is not None):
+                return
             block = await trio.to_thread.run_sync(rescue.result_from_store, store, c.session, seal, c.collective,
                                                   c.op, c.fanout)
             await trio.to_thread.run_sync(store.save_block, st.result_path(c.session, iteration), block)
