@@ -476,3 +476,28 @@ async def _rescue_waits_for_a_piece_still_on_its_way(tmp_path) -> None:
 
 def test_rescue_waits_for_a_lost_daemons_piece_still_on_its_way(tmp_path):
     run(_rescue_waits_for_a_piece_still_on_its_way, tmp_path)
+
+
+async def _successor_joins_before_the_loss_is_seen() -> None:
+    """A successor's NodeJoin read before its predecessor's connection is seen to
+    close (the old reader still listed): it must still be sent the seals of the
+    unfinished iterations it now owns a part of. Before, the old reader's exit
+    saw a newer channel under the node's name and did nothing: no seal was
+    re-sent and no rescue started, and a root successor never computed the
+    result (the driver waited for --iteration-timeout)."""
+    async with coordinator() as (coord, address):
+        a = await FakeNode.join(address, "na")
+        b = await FakeNode.join(address, "nb")
+        coord.set_num_tasks(1, 2)
+        assert await a.claim(1, "t0", "a0") is True
+        assert await b.claim(1, "t1", "a0") is True
+        seal = await b.expect(m.Seal)
+        a2 = await FakeNode.join(address, "na")  # `a` is still connected here
+        await a.aclose()
+        again = await a2.expect(m.Seal)
+        assert (again.iteration, again.pieces, again.members) == (1, seal.pieces, seal.members)
+        assert coord.failure is None
+
+
+def test_successor_joining_before_its_predecessors_loss_is_seen_gets_the_seals():
+    run(_successor_joins_before_the_loss_is_seen)

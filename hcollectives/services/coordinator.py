@@ -175,7 +175,10 @@ class Coordinator:
             if not isinstance(join, m.NodeJoin) or join.session != self.config.session:
                 raise ProtocolError(f"expected NodeJoin for session {self.config.session}, got {join!r:.200}")
             node = join.node
-            rejoined = node in self._lost
+            # A successor: of a daemon seen lost, or of one still listed because its
+            # closed connection has not been read yet (that reader's exit then sees
+            # the newer channel and does nothing, so the seals must go out here).
+            rejoined = node in self._lost or node in self.nodes
             self._lost.discard(node)
             self.nodes[node] = _Node(node, join.address, channel)
             await channel.send(self._session_info(), timeout=self.config.handshake_timeout)
