@@ -105,3 +105,42 @@ def wait_for_iterations(tmpdir: Path, n: int, timeout: float) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"the run did not finish {n} iteration(s) within {timeout}s: {leftover_files(tmpdir)[:20]}")
+
+
+# A hang is a run that stops making progress, not a slow one. On the 2-core
+# machine at load 15-23 the K-means iterations of tests/test_faults.py took
+# 4-22 s and 6-iteration runs with one daemon killed 60-142 s (142 s: killed
+# after iteration 1, not one store fallback), so the fixed 120 s that suite
+# gave the rest of a run could fail a run that was only slow; at load ~15 the
+# campaign's undisturbed 10-iteration reference twice missed its fixed 80 s.
+# So a run counts as hung when no iteration finishes (or it does not end after
+# its last) for STALL_TIMEOUT; RUN_CAP bounds it however slowly it progresses.
+STALL_TIMEOUT = 90.0
+RUN_CAP = 600.0
+
+
+def finished_iterations(tmpdir: Path, store: Path | None = None) -> int:
+    """Iterations the run has finished: the newest loop data in its store (the
+    default one under *tmpdir*, or *store*) is that of the next iteration."""
+    files = [*tmpdir.glob("hcollectives-*/checkpoints/loop/*.npy"), *(store.glob("loop/*.npy") if store else ())]
+    return max((int(p.stem) - 1 for p in files if p.stem.isdigit()), default=0)
+
+
+def wait_for_driver(proc: subprocess.Popen, tmpdir: Path, store: Path | None = None, *,
+                    stall: float = STALL_TIMEOUT, cap: float = RUN_CAP) -> str:
+    """The driver's stderr once it exits; fails as a hang if it stops making progress."""
+    start = last = time.monotonic()
+    done = finished_iterations(tmpdir, store)
+    while True:
+        try:
+            return proc.communicate(timeout=1.0)[1]  # retrying after TimeoutExpired loses no output
+        except subprocess.TimeoutExpired:
+            pass
+        now, finished = time.monotonic(), finished_iterations(tmpdir, store)
+        if finished > done:
+            done, last = finished, now
+        if now - last > stall or now - start > cap:
+            proc.kill()
+            kill_all(tmpdir)
+            raise AssertionError(f"hang: {done} iteration(s) finished, none for {now - last:.0f}s "
+                                 f"({now - start:.0f}s in all)")

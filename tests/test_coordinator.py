@@ -432,3 +432,72 @@ def test_root_lost_without_successor_is_rescued_from_the_store(tmp_path, monkeyp
     if small == "tree":
         monkeypatch.setenv("HCOLLECTIVES_ALLREDUCE_SMALL", "tree")
     run(_rescue, tmp_path, fanout, n_nodes)
+
+
+async def _rescue_waits_for_a_piece_still_on_its_way(tmp_path) -> None:
+    """The lost daemon had its task's claim accepted but was killed before that
+    piece's store copy landed; the task's retry reaches a successor (which
+    writes it) only after the rescue's deadline (a successor's start takes
+    seconds on a loaded machine). The rescue must wait for the piece, not fail
+    the run with "could not be rebuilt from the store"."""
+    from hcollectives import store as st
+    from hcollectives.algorithms import doubling_allreduce
+    from hcollectives.algorithms.reduction import reduce_blocks
+    from hcollectives.services.coordinator import RESCUE_AFTER
+
+    uri = f"file://{tmp_path}"
+    store = st.Store(uri)
+    fallback = 0.2
+    async with coordinator(fallback_timeout=fallback, checkpoint_uri=uri, fanout=2) as (coord, address):
+        na, nb = await FakeNode.join(address, "na"), await FakeNode.join(address, "nb")
+        tasks = [("t0", na), ("t1", nb), ("t2", na), ("t3", nb)]
+        coord.set_num_tasks(1, len(tasks))
+        blocks = {t: Block.from_dict({0: np.array([k + 0.5, 2.0 ** -k])}) for k, (t, _) in enumerate(tasks)}
+        late = st.contribution_path(SESSION, 1, "t2", "a0")
+        for task, node in tasks:
+            if task != "t2":  # t2's copy is still being written when na dies
+                store.save_block(st.contribution_path(SESSION, 1, task, "a0"), blocks[task])
+            assert await node.claim(1, task, "a0") is True
+        seal = await na.expect(m.Seal)
+        await na.aclose()  # the root is lost
+        # Past the rescue's deadline, with t2's piece still missing...
+        await trio.sleep(RESCUE_AFTER * fallback + 0.5)
+        assert coord.failure is None, coord.failure
+        assert not coord.has_result(1)
+        # ...then the successor of na (a task's retried Contribute) writes it.
+        store.save_block(late, blocks["t2"])
+        with trio.fail_after(STEP):
+            result = await coord.wait_result(1)
+        locals_ = [reduce_blocks([blocks[t] for t, n in sorted(tasks) if n.name == name], "sum")
+                   for name in seal.members]
+        assert result == doubling_allreduce.reference_result(locals_, "sum")
+        assert coord.failure is None
+
+
+def test_rescue_waits_for_a_lost_daemons_piece_still_on_its_way(tmp_path):
+    run(_rescue_waits_for_a_piece_still_on_its_way, tmp_path)
+
+
+async def _successor_joins_before_the_loss_is_seen() -> None:
+    """A successor's NodeJoin read before its predecessor's connection is seen to
+    close (the old reader still listed): it must still be sent the seals of the
+    unfinished iterations it now owns a part of. Before, the old reader's exit
+    saw a newer channel under the node's name and did nothing: no seal was
+    re-sent and no rescue started, and a root successor never computed the
+    result (the driver waited for --iteration-timeout)."""
+    async with coordinator() as (coord, address):
+        a = await FakeNode.join(address, "na")
+        b = await FakeNode.join(address, "nb")
+        coord.set_num_tasks(1, 2)
+        assert await a.claim(1, "t0", "a0") is True
+        assert await b.claim(1, "t1", "a0") is True
+        seal = await b.expect(m.Seal)
+        a2 = await FakeNode.join(address, "na")  # `a` is still connected here
+        await a.aclose()
+        again = await a2.expect(m.Seal)
+        assert (again.iteration, again.pieces, again.members) == (1, seal.pieces, seal.members)
+        assert coord.failure is None
+
+
+def test_successor_joining_before_its_predecessors_loss_is_seen_gets_the_seals():
+    run(_successor_joins_before_the_loss_is_seen)

@@ -28,13 +28,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runprobe import kill_all, leftover_files, pids_of, start_driver, wait_for_iterations, wait_gone
+from runprobe import kill_all, leftover_files, pids_of, start_driver, wait_for_driver, wait_for_iterations, wait_gone
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
 TRIALS = int(os.environ.get("HCOLLECTIVES_FAULT_TRIALS", "2"))
 ITERATIONS = 6
-RUN_TIMEOUT = 120.0  # one trial's run; a hang fails the trial
 
 
 def kmeans_args(data, result: Path, *extra: str) -> list[str]:
@@ -49,19 +48,14 @@ def reference(kmeans_data, tmp_path_factory) -> np.ndarray:
     tmp = tmp_path_factory.mktemp("reference")
     out = tmp / "ref.npy"
     proc = start_driver(tmp / "tmp", kmeans_args(kmeans_data, out))
-    _, err = proc.communicate(timeout=RUN_TIMEOUT)
+    err = wait_for_driver(proc, tmp / "tmp")
     assert proc.returncode == 0, err
     return np.load(out)
 
 
-def finish(proc: subprocess.Popen, tmpdir: Path) -> tuple[int, str]:
+def finish(proc: subprocess.Popen, tmpdir: Path, store: Path | None = None) -> tuple[int, str]:
     """Wait for the driver (a hang fails), then check nothing of the run is left."""
-    try:
-        _, err = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        kill_all(tmpdir)
-        pytest.fail(f"hang: the run did not end within {RUN_TIMEOUT}s")
+    err = wait_for_driver(proc, tmpdir, store)
     _, left = wait_gone(tmpdir, timeout=15)
     files = leftover_files(tmpdir)
     kill_all(tmpdir)
@@ -327,7 +321,7 @@ def test_full_store_clear_error_then_resume(kmeans_data, reference, tmp_path, sm
                     f.write(b"\0" * 65536)
             except OSError:
                 pass
-        code, err = finish(proc, tmpdir)
+        code, err = finish(proc, tmpdir, ckpt)
     finally:
         proc.kill()
         kill_all(tmpdir)
@@ -339,7 +333,7 @@ def test_full_store_clear_error_then_resume(kmeans_data, reference, tmp_path, sm
     filler.unlink()
     tmpdir2 = tmp_path / "tmp2"
     proc = start_driver(tmpdir2, kmeans_args(kmeans_data, out, "--checkpoint-uri", f"file://{ckpt}", "--resume"))
-    code, err = finish(proc, tmpdir2)
+    code, err = finish(proc, tmpdir2, ckpt)
     assert code == 0, err
     assert np.array_equal(np.load(out), reference)
 
@@ -403,7 +397,7 @@ def test_soak_1mib_memory_and_store_stay_flat(tmp_path, collective):
             if done >= 3:
                 store_files.append(sum(len(f) for _, _, f in os.walk(ckpt)))
             time.sleep(0.25)
-        code, err = finish(proc, tmpdir)
+        code, err = finish(proc, tmpdir, ckpt)
     finally:
         proc.kill()
         kill_all(tmpdir)

@@ -26,6 +26,7 @@ from hcollectives import store as st
 from hcollectives.algorithms.block import Block
 from hcollectives.algorithms.reduction import OPS, block_to_matrix
 from hcollectives.errors import HCollectivesError, SessionAborted
+from hcollectives.protocol import messages as m
 from hcollectives.services.coordinator import Coordinator, SessionConfig
 from hcollectives.services.faults import Faults
 from hcollectives.services.node import NodeDaemon
@@ -1035,3 +1036,36 @@ def test_a_silent_peer_connection_times_out_and_handling_a_message_is_not_counte
         assert trio.current_time() - start >= 2 * 0.6 + 0.3
 
     trio.run(main)
+
+
+# -- a Seal that reaches a daemon twice -------------------------------------------------------
+
+
+async def _seal_delivered_twice(n_nodes: int) -> None:
+    async with cluster(n_nodes) as c:
+        broadcast = c.coordinator._broadcast
+
+        async def every_seal_twice(event: m.Message) -> None:
+            await broadcast(event)
+            if isinstance(event, m.Seal):
+                await broadcast(event)
+
+        c.coordinator._broadcast = every_seal_twice
+        n_tasks = 2 * n_nodes
+        c.coordinator.set_num_tasks(1, n_tasks)
+        blocks = [Block.from_dict({0: np.array([t + 0.25, 1.0])}) for t in range(n_tasks)]
+        threads = [c.spawn(full_task, c.env(t % n_nodes, f"task_{t}"), lambda data, b=blocks[t]: b)
+                   for t in range(n_tasks)]
+        result = await c.coordinator.wait_result(1)
+        await join_all(threads)
+        assert c.coordinator.failure is None, c.coordinator.failure
+        assert_block_close(result, {0: sum(b.to_dict()[0] for b in blocks)})
+
+
+@pytest.mark.parametrize("n_nodes", [2, 3, 4])
+def test_a_seal_delivered_twice_runs_one_collective(n_nodes):
+    """A successor daemon can get an iteration's Seal twice: broadcast while it
+    joins, and re-sent because it rejoined (coordinator._resend_seals). It must
+    run that collective once: a second one sent every peer duplicate steps,
+    and from 3 nodes on they aborted the run ("duplicate step-0 message")."""
+    run(_seal_delivered_twice, n_nodes)

@@ -175,7 +175,10 @@ class Coordinator:
             if not isinstance(join, m.NodeJoin) or join.session != self.config.session:
                 raise ProtocolError(f"expected NodeJoin for session {self.config.session}, got {join!r:.200}")
             node = join.node
-            rejoined = node in self._lost
+            # A successor: of a daemon seen lost, or of one still listed because its
+            # closed connection has not been read yet (that reader's exit then sees
+            # the newer channel and does nothing, so the seals must go out here).
+            rejoined = node in self._lost or node in self.nodes
             self._lost.discard(node)
             self.nodes[node] = _Node(node, join.address, channel)
             await channel.send(self._session_info(), timeout=self.config.handshake_timeout)
@@ -256,6 +259,11 @@ class Coordinator:
         c = self.config
         store = st.Store(c.checkpoint_uri)
         try:
+            # A piece accepted just before its daemon died may still be on its way
+            # (its task's retry, through a successor): wait for it rather than fail.
+            if not await rescue.wait_for_pieces(store, c.session, seal, until=lambda: "result" in rec.times
+                                                or self.failure is not None):
+                return
             block = await trio.to_thread.run_sync(rescue.result_from_store, store, c.session, seal, c.collective,
                                                   c.op, c.fanout)
             await trio.to_thread.run_sync(store.save_block, st.result_path(c.session, iteration), block)

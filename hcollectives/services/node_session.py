@@ -169,7 +169,11 @@ class NodeSession:
                     event = await self._coordinator.receive()
                     self._silent_for = 0.0
                     self._on_coordinator(event)
-                    if isinstance(event, m.Seal) and event.iteration >= self.floor:
+                    # Once per iteration: a successor daemon can be sent a Seal twice (the
+                    # broadcast, and the re-send of its rejoin), and a second collective's
+                    # steps are duplicates that make its peers abort the run.
+                    if isinstance(event, m.Seal) and event.iteration >= self.floor \
+                            and self.it(event.iteration).seal is None:
                         await self._begin_collective(event)
             self.driver_lost = True  # only _watch_silence cancels `reading`
             log.warning("node %s: session %s: no word from the coordinator for %gs; the driver is gone",

@@ -8,12 +8,20 @@ store too) then computes the result the way the collective would have --
 the same per-node reductions, the same tree or ring order -- writes it where
 the daemons' fallback looks for it, and carries on. Every accepted piece is
 in the store: a daemon acknowledges a contribution only once it is written.
+Not necessarily yet: a piece whose claim was accepted just before its daemon
+died is written by the successor its task retries with, which on a loaded
+machine can start after the rescue's deadline; so the rescue first waits for
+the pieces (`wait_for_pieces`).
 (Resident tasks' contributions are acknowledged before their copy is written,
 `Contribute.durable`; a resident run does not get here: a lost daemon ends
 its session and the driver restarts the loop from the last finished iteration.)
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
 
 from ... import store as st
 from ...algorithms.block import Block
@@ -22,8 +30,33 @@ from ...algorithms.reduction import reduce_blocks
 from ...algorithms import doubling_allreduce, plan
 from ...algorithms.ring_allreduce import reference_result
 from ...algorithms.topology import Tree
+from ...errors import CollectiveTimeout
 from ...protocol import messages as m
 from .gather import piece_id
+
+# As long as a daemon's own store fallback waits for a piece (node_session.Timeouts.collective).
+PIECES_TIMEOUT = 600.0
+
+
+async def wait_for_pieces(store: st.Store, session: str, seal: m.Seal, *, until: Callable[[], bool],
+                          timeout: float = PIECES_TIMEOUT) -> bool:
+    """Wait until every piece of *seal* is in the store; False if *until()* came
+    true first (the result arrived by another way). Polls with backoff, like the
+    daemons' `store_fallback.store_wait`: a remote store cannot be watched."""
+    deadline = trio.current_time() + timeout
+    missing = [st.contribution_path(session, seal.iteration, t, a) for t, a, _ in seal.pieces]
+    delay = 0.02
+    while True:
+        missing = [p for p in missing if not await trio.to_thread.run_sync(store.exists, p)]
+        if not missing:
+            return True
+        if until():
+            return False
+        if trio.current_time() >= deadline:
+            raise CollectiveTimeout(f"{missing[0]} (and {len(missing) - 1} more) did not appear in the store "
+                                    f"within {timeout:g}s")
+        await trio.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def node_locals(store: st.Store, session: str, seal: m.Seal, op: str) -> list[Block]:
