@@ -86,3 +86,20 @@ def test_coordinator_host_defaults(tmp_path, monkeypatch):
     assert loop_options_from_args(options, collective, runner="hadoop").coordinator_host == "10.1.2.3"
     options.coordinator_host = "edge.example"
     assert loop_options_from_args(options, collective, runner="hadoop").coordinator_host == "edge.example"
+
+
+def test_the_resource_managers_web_address_defaults_from_its_hostname(tmp_path):
+    """Clusters usually set only yarn.resourcemanager.hostname (docker/image/conf does): the
+    web address is then that host's port 8088, as Hadoop's own default says."""
+    from hcollectives.hadoop.hadoop_conf import resource_manager_web
+
+    def site(*props):
+        (tmp_path / "yarn-site.xml").write_text("<configuration>" + "".join(
+            f"<property><name>{n}</name><value>{v}</value></property>" for n, v in props) + "</configuration>")
+        return resource_manager_web({"HADOOP_CONF_DIR": str(tmp_path)})
+
+    assert site(("yarn.resourcemanager.hostname", "rm")) == "rm:8088"
+    assert site(("yarn.resourcemanager.hostname", "rm"), ("yarn.resourcemanager.webapp.address", "rm:9999")) == "rm:9999"
+    assert site(("yarn.resourcemanager.webapp.address", "${yarn.resourcemanager.hostname}:8088"),
+                ("yarn.resourcemanager.hostname", "rm")) == "rm:8088"
+    assert site() is None

@@ -129,7 +129,7 @@ def test_yarn_logs_waits_for_the_log_aggregation_to_end(tmp_path, monkeypatch):
         return {"app": {"id": APP, "logAggregationStatus": next(statuses)}}
 
     monkeypatch.setattr(task_logs.yarn_watch, "ask", fake_ask)
-    assert task_logs.wait_for_log_aggregation(APP, "http://rm:8088/", poll=0.01) == "SUCCEEDED"
+    assert task_logs.wait_for_log_aggregation(APP, "rm:8088", poll=0.01) == "SUCCEEDED"
     assert asked == [f"http://rm:8088/ws/v1/cluster/apps/{APP}"] * 4
 
 
@@ -138,7 +138,32 @@ def test_the_log_aggregation_wait_is_bounded(monkeypatch):
 
     monkeypatch.setattr(task_logs.yarn_watch, "ask", lambda url: {"app": {"logAggregationStatus": "RUNNING"}})
     t0 = time.monotonic()
-    assert task_logs.wait_for_log_aggregation(APP, "http://rm:8088", timeout=0.3, poll=0.05) == "RUNNING"
+    assert task_logs.wait_for_log_aggregation(APP, "rm:8088", timeout=0.3, poll=0.05) == "RUNNING"
     assert time.monotonic() - t0 < 2
     monkeypatch.setattr(task_logs.yarn_watch, "ask", lambda url: None)  # no ResourceManager: no wait
-    assert task_logs.wait_for_log_aggregation(APP, "http://rm:8088", timeout=30) is None
+    assert task_logs.wait_for_log_aggregation(APP, "rm:8088", timeout=30) is None
+
+
+def test_yarn_logs_is_asked_again_while_it_has_no_exception_yet(tmp_path, monkeypatch):
+    """The ResourceManager can say the upload is over a moment before `yarn logs` shows
+    every node's file: a second look (bounded by AGGREGATION_WAIT) finds the exception."""
+    from hcollectives.hadoop import task_logs
+
+    monkeypatch.delenv("HADOOP_LOG_DIR", raising=False)
+    monkeypatch.delenv("YARN_LOG_DIR", raising=False)
+    monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
+    monkeypatch.setattr(task_logs, "RETRY_PAUSE", 0.01)
+    monkeypatch.setattr(task_logs.yarn_watch, "ask", lambda url: {"app": {"logAggregationStatus": "SUCCEEDED"}})
+    listing = tmp_path / "yarn-logs.txt"
+    listing.write_text("Container: container_1796190202040_0004_01_000002 on nm2:45454\nLogType:stderr\n" + BOOM)
+    calls = tmp_path / "calls"
+    hadoop = tmp_path / "hadoop"  # nothing the first time, the task's stderr the second
+    hadoop.write_text(f'#!/bin/sh\necho x >> {calls}\n[ $(wc -l < {calls}) -ge 2 ] && cat {listing}\nexit 0\n')
+    hadoop.chmod(0o755)
+    error = failed_task_error(APP, log_dirs=[str(tmp_path / "none")], hadoop_bin=[str(hadoop)], rm_web="rm:8088")
+    assert error is not None and error.exception.startswith("RuntimeError: boom")
+    assert len(calls.read_text().split()) == 2
+    monkeypatch.setattr(task_logs, "AGGREGATION_WAIT", 0.2)  # never there: bounded, then None
+    t0 = time.monotonic()
+    assert failed_task_error(APP, hadoop_bin=[sys.executable, "-c", "pass"], rm_web="rm:8088") is None
+    assert time.monotonic() - t0 < 5

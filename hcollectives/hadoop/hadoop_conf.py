@@ -47,9 +47,18 @@ def default_fs(env: Mapping[str, str] = os.environ) -> str | None:
     return conf_value("core-site.xml", ("fs.defaultFS", "fs.default.name"), env)
 
 
+RM_WEB_PORT = 8088  # yarn.resourcemanager.webapp.address's default port
+
+
 def resource_manager_web(env: Mapping[str, str] = os.environ) -> str | None:
-    """host:port of the ResourceManager's web service (yarn-site.xml), None if not configured."""
-    return conf_value("yarn-site.xml", ("yarn.resourcemanager.webapp.address",), env)
+    """host:port of the ResourceManager's web service (yarn-site.xml), None if not configured.
+    Most clusters set only ``yarn.resourcemanager.hostname``; the address then defaults, as
+    in Hadoop's yarn-default.xml, to that host and port 8088."""
+    address = conf_value("yarn-site.xml", ("yarn.resourcemanager.webapp.address",), env)
+    if address and "${" not in address:
+        return address
+    host = conf_value("yarn-site.xml", ("yarn.resourcemanager.hostname",), env)
+    return f"{host}:{RM_WEB_PORT}" if host and "${" not in host else None
 
 
 def temporary_store_base(env: Mapping[str, str] = os.environ, tmp_dir: str | None = None) -> str | None:

@@ -34,7 +34,8 @@ MAX_FILES = 200  # containers of one application looked at, at most
 YARN_LOGS_TIMEOUT = 60.0
 # With log aggregation, `yarn logs` right after a failed application ends finds
 # nothing yet: wait (bounded) until the ResourceManager says the upload is over.
-AGGREGATION_WAIT = 60.0
+AGGREGATION_WAIT = 90.0
+RETRY_PAUSE = 3.0
 _AGGREGATING = {"NOT_START", "RUNNING", "RUNNING_WITH_FAILURE"}
 
 # Modules the tasks' Python must have: their absence means python_bin names the wrong Python.
@@ -163,10 +164,10 @@ def from_yarn_logs(application: str, hadoop_bin: list[str]) -> TaskError | None:
 def wait_for_log_aggregation(application: str, rm_web: str, *, timeout: float = AGGREGATION_WAIT,
                              poll: float = 1.0) -> str | None:
     """Wait until the application's logs are uploaded (or failed to be, or never will
-    be), at most *timeout* s; the last ``logAggregationStatus`` seen, None if no answer."""
+    be), at most *timeout* s (*rm_web*: the ResourceManager's web host:port); the last ``logAggregationStatus`` seen, None if no answer."""
     deadline = time.monotonic() + timeout
     while True:
-        answer = yarn_watch.ask(f"{rm_web.rstrip('/')}/ws/v1/cluster/apps/{application}")
+        answer = yarn_watch.ask(f"http://{rm_web}/ws/v1/cluster/apps/{application}")
         app = answer.get("app") if isinstance(answer, dict) else None
         status = app.get("logAggregationStatus") if isinstance(app, dict) else None
         if status not in _AGGREGATING or time.monotonic() + poll > deadline:
@@ -180,8 +181,18 @@ def failed_task_error(application: str, *, log_dirs: Iterable[str] = (),
     machine, else (log aggregation) from ``yarn logs`` once the ResourceManager at
     *rm_web* says the logs are uploaded; None if neither has one."""
     error = from_log_dirs(application, node_log_dirs(log_dirs))
-    if error is None and hadoop_bin:
+    if error is not None or not hadoop_bin:
+        return error
+    deadline = time.monotonic() + AGGREGATION_WAIT
+    while True:
+        status = None
         if rm_web:
-            wait_for_log_aggregation(application, rm_web)
+            status = wait_for_log_aggregation(application, rm_web, timeout=max(0.0, deadline - time.monotonic()))
         error = from_yarn_logs(application, hadoop_bin)
-    return error
+        # Without a ResourceManager to ask, one look. With one, its status can say the
+        # upload is over a little before `yarn logs` sees every node's file: look again.
+        if error is not None or not rm_web or time.monotonic() + RETRY_PAUSE > deadline:
+            if error is None:
+                log.info("no task exception in `yarn logs` of %s (log aggregation: %s)", application, status)
+            return error
+        time.sleep(RETRY_PAUSE)
