@@ -163,6 +163,12 @@ def test_yarn_logs_is_asked_again_while_it_has_no_exception_yet(tmp_path, monkey
     error = failed_task_error(APP, log_dirs=[str(tmp_path / "none")], hadoop_bin=[str(hadoop)], rm_web="rm:8088")
     assert error is not None and error.exception.startswith("RuntimeError: boom")
     assert len(calls.read_text().split()) == 2
+    monkeypatch.setattr(task_logs.yarn_watch, "ask", lambda url: {"app": {"logAggregationStatus": "DISABLED"}})
+    calls.write_text("")  # no log aggregation on this cluster: one look, no waiting
+    t0 = time.monotonic()
+    assert failed_task_error(APP, hadoop_bin=[str(hadoop)], rm_web="rm:8088") is None
+    assert len(calls.read_text().split()) == 1 and time.monotonic() - t0 < 2
+    monkeypatch.setattr(task_logs.yarn_watch, "ask", lambda url: {"app": {"logAggregationStatus": "SUCCEEDED"}})
     monkeypatch.setattr(task_logs, "AGGREGATION_WAIT", 0.2)  # never there: bounded, then None
     t0 = time.monotonic()
     assert failed_task_error(APP, hadoop_bin=[sys.executable, "-c", "pass"], rm_web="rm:8088") is None

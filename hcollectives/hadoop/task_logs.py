@@ -164,7 +164,8 @@ def from_yarn_logs(application: str, hadoop_bin: list[str]) -> TaskError | None:
 def wait_for_log_aggregation(application: str, rm_web: str, *, timeout: float = AGGREGATION_WAIT,
                              poll: float = 1.0) -> str | None:
     """Wait until the application's logs are uploaded (or failed to be, or never will
-    be), at most *timeout* s (*rm_web*: the ResourceManager's web host:port); the last ``logAggregationStatus`` seen, None if no answer."""
+    be), at most *timeout* s (*rm_web*: the ResourceManager's web host:port); the last
+    ``logAggregationStatus`` seen, None if no answer."""
     deadline = time.monotonic() + timeout
     while True:
         answer = yarn_watch.ask(f"http://{rm_web}/ws/v1/cluster/apps/{application}")
@@ -189,9 +190,11 @@ def failed_task_error(application: str, *, log_dirs: Iterable[str] = (),
         if rm_web:
             status = wait_for_log_aggregation(application, rm_web, timeout=max(0.0, deadline - time.monotonic()))
         error = from_yarn_logs(application, hadoop_bin)
-        # Without a ResourceManager to ask, one look. With one, its status can say the
-        # upload is over a little before `yarn logs` sees every node's file: look again.
-        if error is not None or not rm_web or time.monotonic() + RETRY_PAUSE > deadline:
+        # One look unless the ResourceManager says the logs were uploaded (or are being):
+        # its status can say so a little before `yarn logs` sees every node's file.
+        # (DISABLED, no answer, a failed upload: looking again would find nothing more.)
+        looking_again = status in _AGGREGATING or status == "SUCCEEDED"
+        if error is not None or not looking_again or time.monotonic() + RETRY_PAUSE > deadline:
             if error is None:
                 log.info("no task exception in `yarn logs` of %s (log aggregation: %s)", application, status)
             return error
