@@ -13,8 +13,10 @@ the test needs no way to choose it.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +36,18 @@ def test_secret_is_nowhere_in_a_failing_hadoop_run(cluster_env, tmp_path):
     assert hadoop_fs(env, "-mkdir", "-p", hdfs_in).returncode == 0
     assert hadoop_fs(env, "-put", *data.inputs, hdfs_in).returncode == 0
     started = time.time()
+    nodes_root = Path(f"/tmp/hcollectives-{os.getuid()}")  # where task-started daemons meet (rendezvous)
+    before = set(nodes_root.iterdir()) if nodes_root.is_dir() else set()
+    try:
+        _check_a_failing_run(env, data, hdfs_in, tmp_path, started, nodes_root, before)
+    finally:
+        # KEEP_TMP=1 kept the session's daemon directories on the "nodes": ours to remove.
+        for session in (set(nodes_root.iterdir()) if nodes_root.is_dir() else set()) - before:
+            shutil.rmtree(session, ignore_errors=True)
+        hadoop_fs(env, "-rm", "-r", "-f", hdfs_in)
+
+
+def _check_a_failing_run(env, data, hdfs_in, tmp_path, started, nodes_root, before):
     done = run([sys.executable, JOBS / "faulty.py", *mrjob_hadoop_args(env), "--initial", data.initial,
                 "--max-iterations", "2", "--fault", "text", *ITERATION_TIMEOUT,
                 *[f"hdfs://{hdfs_in}/{os.path.basename(p)}" for p in data.inputs]], env, cwd=ROOT)
@@ -46,8 +60,9 @@ def test_secret_is_nowhere_in_a_failing_hadoop_run(cluster_env, tmp_path):
 
     # 1. What the user saw (mrjob prints the whole `hadoop jar` command line on failure).
     assert secret not in done.stdout + done.stderr
-    # 2. Task logs and node daemon logs written during the run.
-    for path in (ROOT / ".minicluster" / "logs").rglob("*"):
+    # 2. Task logs and the node daemons' logs (kept on the nodes by KEEP_TMP) written during the run.
+    new_sessions = (set(nodes_root.iterdir()) if nodes_root.is_dir() else set()) - before
+    for path in [*(ROOT / ".minicluster" / "logs").rglob("*"), *(p for d in new_sessions for p in d.rglob("*"))]:
         if path.is_file() and path.stat().st_mtime >= started:
             assert secret not in path.read_text(errors="replace"), f"secret in {path}"
     # 3. Job configurations kept by the JobHistory server (every conf.xml on HDFS).
@@ -57,4 +72,3 @@ def test_secret_is_nowhere_in_a_failing_hadoop_run(cluster_env, tmp_path):
     for conf in confs:
         text = hadoop_fs(env, "-cat", conf).stdout
         assert "HCOLLECTIVES_SECRET=" not in text and secret not in text, f"secret in {conf}"
-    hadoop_fs(env, "-rm", "-r", "-f", hdfs_in)
