@@ -88,10 +88,10 @@ class MapLaunchWatcher(threading.Thread):
         apps_url = f"http://{self.rm_web}/ws/v1/cluster/apps?applicationTags={self.tag}"
         while not self._halt.is_set() and failures < self.max_failures:
             if self.application is None:
-                self.application = application_with_tag(self._ask(apps_url))
+                self.application = application_with_tag(ask(apps_url))
                 failures += self.application is None  # not submitted yet, or no answer
             else:
-                answer = self._ask(f"http://{self.rm_web}/proxy/{self.application}/ws/v1/mapreduce/jobs")
+                answer = ask(f"http://{self.rm_web}/proxy/{self.application}/ws/v1/mapreduce/jobs")
                 if all_maps_launched(answer):
                     self.launched = True
                     self.on_all_launched()
@@ -100,10 +100,6 @@ class MapLaunchWatcher(threading.Thread):
             self._halt.wait(self.poll)
         if failures >= self.max_failures:
             log.debug("gave up watching YARN application tagged %s", self.tag)
-
-    @staticmethod
-    def _ask(url: str) -> object | None:
-        return ask(url)
 
 
 def ask(url: str) -> object | None:
@@ -121,7 +117,7 @@ def kill_application(rm_web: str, tag: str, *, timeout: float = REQUEST_TIMEOUT)
     REST API; the killed application's id, or None if there was none to kill or
     the web service refused (a secured UI: then the job ends by itself)."""
     apps_url = f"http://{rm_web}/ws/v1/cluster/apps?applicationTags={tag}"
-    application = application_with_tag(MapLaunchWatcher._ask(apps_url))
+    application = application_with_tag(ask(apps_url))
     if application is None:
         return None
     request = urllib.request.Request(f"http://{rm_web}/ws/v1/cluster/apps/{application}/state",
